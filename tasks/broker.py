@@ -1,0 +1,56 @@
+"""Dramatiq wiring: the Redis broker, its middleware, and sending execution tickets.
+
+Tickets carry no job: the admission step in :mod:`tasks.queue` decides which job a ticket runs, so any
+process (the UI, the janitor, a retry) may send one without importing the actors.
+"""
+
+from __future__ import annotations
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import (AgeLimit, AsyncIO, Callbacks, CurrentMessage, Pipelines, Retries,
+                                 ShutdownNotifications, TimeLimit)
+
+from tasks.connection import redis_url
+from tasks.settings import settings
+
+QUEUE_NAME = "queuechat"
+TICKET_ACTOR = "run_ticket"
+NAMESPACE = "qc-dramatiq"
+#: One in ten broker commands runs maintenance, so a dead worker's unacked messages come back within
+#: ``heartbeat_timeout`` instead of minutes (Dramatiq's default is one in a thousand).
+MAINTENANCE_CHANCE = 100_000
+
+_broker: RedisBroker | None = None
+
+
+def is_transient(retries: int, exception: BaseException) -> bool:
+    """Dramatiq's ``retry_when``: only errors that may pass are retried, up to QUEUE_MAX_RETRIES."""
+    from tasks.llm import TransientLLMError
+
+    return retries < settings.queue_max_retries and isinstance(exception, TransientLLMError)
+
+
+def get_broker() -> RedisBroker:
+    """Create (once) and install the broker. Importing the actors calls this first."""
+    global _broker
+    if _broker is None:
+        _broker = RedisBroker(
+            url=redis_url(), namespace=NAMESPACE, heartbeat_timeout=settings.heartbeat_timeout_ms,
+            maintenance_chance=MAINTENANCE_CHANCE,
+            middleware=[AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines(),
+                        Retries(min_backoff=settings.retry_min_backoff_ms, max_backoff=settings.retry_max_backoff_ms,
+                                retry_when=is_transient),
+                        AsyncIO(), CurrentMessage()],
+        )
+        _broker.declare_queue(QUEUE_NAME)
+        dramatiq.set_broker(_broker)
+    return _broker
+
+
+def send_tickets(count: int) -> None:
+    """Enqueue ``count`` execution tickets."""
+    broker = get_broker()
+    for _ in range(count):
+        broker.enqueue(dramatiq.Message(queue_name=QUEUE_NAME, actor_name=TICKET_ACTOR, args=(), kwargs={},
+                                        options={}))
