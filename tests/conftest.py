@@ -84,8 +84,14 @@ def _isolated(request, monkeypatch) -> Iterator[None]:
 @pytest.fixture
 def env(redis_server, fake_llm) -> dict[str, str]:
     """The environment for child processes: this test's Redis and fake LLM, test settings."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+
+
+@pytest.fixture(scope="module")
+def module_env(redis_server, fake_llm) -> dict[str, str]:
+    """Like ``env``, for processes shared by the tests of one module (started once, with default test settings)."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    return clean
+    return {**clean, **TEST_ENV, "REDIS_URL": redis_server.url, "OLLAMA_HOST": fake_llm.url}
 
 
 @pytest.fixture
@@ -133,7 +139,7 @@ class Workers:
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.terminate()  # the master forwards it once to its children; a second signal kills
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:
@@ -200,6 +206,20 @@ class App:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def module_workers(module_env, tmp_path_factory) -> Iterator[Workers]:
+    pool = Workers(module_env, tmp_path_factory.mktemp("workers")).start(processes=2)
+    yield pool
+    pool.stop()
+
+
+@pytest.fixture(scope="module")
+def module_app(module_env, module_workers, tmp_path_factory) -> Iterator[App]:
+    app = App(module_env, tmp_path_factory.mktemp("app")).start("--no-workers")
+    yield app
+    app.stop()
 
 
 @pytest.fixture

@@ -30,7 +30,6 @@ This file deliberately has no pytest dependency: the demo imports it too.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import copy
 import dataclasses
