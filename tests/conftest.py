@@ -234,3 +234,36 @@ def app_factory(env, tmp_path) -> Iterator[Callable[..., App]]:
     yield start
     for app in started:
         app.stop()
+
+
+# --- the browser ----------------------------------------------------------------------------------------
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+                 "--no-first-run", "--disable-component-update", "--disable-sync"]
+
+
+def find_chromium() -> str | None:
+    """CHROMIUM_PATH, then the system Chromium, then Playwright's own download (None: use Playwright's)."""
+    import shutil
+
+    candidates = [os.environ.get("CHROMIUM_PATH"), "/usr/bin/chromium", shutil.which("chromium"),
+                  shutil.which("chromium-browser"), shutil.which("google-chrome")]
+    for candidate in candidates:
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser():
+    from playwright.sync_api import Error, sync_playwright
+
+    with sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(executable_path=find_chromium(), args=CHROMIUM_ARGS)
+        except Error as error:
+            pytest.fail("No Chromium found for the end-to-end tests. Install one: `sudo apt-get install chromium` "
+                        "(or set CHROMIUM_PATH, or run `uv run playwright install chromium`).\n" + str(error),
+                        pytrace=False)
+        yield chromium
+        chromium.close()
