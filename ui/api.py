@@ -41,7 +41,8 @@ ERRORS = {status: {"model": ErrorBody} for status in (404, 409, 413, 422, 429)}
 
 
 class ChatRequest(BaseModel):
-    message: str = Field(description="The question; non-blank, at most MAX_PROMPT_CHARS characters")
+    message: str = Field(description="The question; non-blank, at most MAX_PROMPT_CHARS characters",
+                         json_schema_extra={"minLength": 1, "maxLength": settings.max_prompt_chars, "pattern": r"\S"})
     priority: Literal["high", "normal", "low"] = "normal"
     model: str | None = Field(None, max_length=200, description="Ollama model; default OLLAMA_MODEL")
     conversation_id: str | None = Field(None, max_length=64, description="Continue this conversation")
@@ -130,6 +131,7 @@ def prometheus() -> Response:
 def create(app: FastAPI) -> None:
     """Install the routes and the error handlers on the NiceGUI (FastAPI) app."""
     app.include_router(router)
+    app.add_middleware(limits.BodySizeLimit, max_bytes=limits.max_body_bytes())
     app.add_exception_handler(jobs.JobError, job_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(redis.RedisError, redis_error)

@@ -33,3 +33,51 @@ def check(client_key: str) -> None:
 def per_client(request: Request) -> None:
     """FastAPI dependency: limit by the caller's address."""
     check("ip:" + (request.client.host if request.client else "unknown"))
+
+
+class BodySizeLimit:
+    """ASGI middleware: refuse request bodies over ``max_bytes`` with 413, never reading more than that.
+
+    Checks Content-Length when given. A chunked body is counted as it arrives: past the limit the app gets
+    an end of body (so it stops reading) and its answer is replaced by the 413.
+    """
+
+    def __init__(self, app, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            return await self._refuse(send)
+        received, too_large = 0, False
+
+        async def counting_receive():
+            nonlocal received, too_large
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                too_large = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            return message
+
+        async def guarded_send(message):
+            if not too_large:
+                await send(message)
+            elif message["type"] == "http.response.start":
+                await self._refuse(send)
+
+        await self.app(scope, counting_receive, guarded_send)
+
+    async def _refuse(self, send) -> None:
+        body = (b'{"detail": "The request body is larger than %d bytes.", "code": "body_too_large"}'
+                % self.max_bytes)
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def max_body_bytes() -> int:
+    """Room for the longest message (4 bytes per character in UTF-8) and the other fields."""
+    return settings.max_prompt_chars * 4 + 4096
