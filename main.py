@@ -40,14 +40,15 @@ class WorkerSupervisor:
         return self
 
     def _run(self) -> None:
-        delay = 1.0
+        delay = 0.5
         while not self.stopping.is_set():
             started = time.monotonic()
             self.process = subprocess.Popen(self.command, cwd=ROOT, start_new_session=True)
             code = self.process.wait()
             if self.stopping.is_set():
                 return
-            delay = 1.0 if time.monotonic() - started > 30 else min(delay * 2, 30.0)
+            # A worker that ran a while and died is restarted at once; one that dies at start backs off.
+            delay = 0.5 if time.monotonic() - started > 5 else min(delay * 2, 30.0)
             log.warning("workers exited with %s; restarting in %.0f s", code, delay)
             self.stopping.wait(delay)
 

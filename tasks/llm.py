@@ -43,7 +43,10 @@ class OllamaClient:
 
     def __init__(self, host: str | None = None) -> None:
         self.host = (host or settings.ollama_host).rstrip("/")
-        timeout = httpx.Timeout(connect=settings.llm_connect_timeout, read=None, write=30.0, pool=30.0)
+        # The read timeout covers the wait for the response headers (some servers send them with the first
+        # token); between lines, _lines applies the first-token and idle timeouts itself.
+        timeout = httpx.Timeout(connect=settings.llm_connect_timeout, read=settings.llm_first_token_timeout,
+                                write=30.0, pool=30.0)
         self.http = httpx.AsyncClient(base_url=self.host, timeout=timeout)
 
     async def __aenter__(self) -> OllamaClient:
@@ -76,6 +79,8 @@ class OllamaClient:
         except httpx.ConnectError as error:
             raise TransientLLMError(f"Ollama is not reachable at {self.host}: start `ollama serve` "
                                     "or set OLLAMA_HOST.") from error
+        except httpx.ReadTimeout as error:
+            raise TransientLLMError(f"Ollama sent nothing for {settings.llm_first_token_timeout:g} s.") from error
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as error:
             raise TransientLLMError(f"Ollama closed the connection mid-answer ({type(error).__name__}).") from error
         raise TransientLLMError("Ollama ended the answer without finishing it.")
