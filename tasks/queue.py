@@ -15,8 +15,8 @@ Invariants (each Lua script keeps them; the tests in tests/test_queue*.py check 
 4. Every admission increments the job's ``epoch``. Writes from a worker carry its epoch and are ignored
    when it is stale, so a worker that lost its lease (stalled, or presumed dead) can't mix its tokens in.
 5. A job reaches exactly one terminal status (completed, failed, cancelled); terminal writes check it.
-6. There are at least as many tickets as waiting jobs. Whoever puts a job back into ``qc:waiting`` outside
-   submission (the janitor) sends a ticket for it; surplus tickets find nothing and end.
+6. There are at least as many tickets as waiting and parked jobs. Submission sends one; the janitor tops
+   them up once a second (see :mod:`tasks.janitor`); surplus tickets find nothing and end.
 
 The position of a job is its ``ZRANK`` in ``qc:waiting`` (O(log n)): the number of jobs that start before it.
 """
@@ -220,7 +220,7 @@ REAP = _PRELUDE + """
 -- KEYS: leases, waiting, delayed, wake   ARGV: stream_ttl_s
 -- Jobs whose worker stopped renewing (killed, stalled) and parked jobs whose retry ticket never came back
 -- return to the front of their level with a new epoch; a cancel that was pending is honoured instead.
--- Returns {ids put back (each needs a ticket), ids ended as cancelled (each to be counted)}.
+-- Returns {ids put back, ids ended as cancelled (each to be counted)}.
 local now = now_ms()
 local back = {}
 local ended = {}
