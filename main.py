@@ -89,6 +89,8 @@ def run(args: argparse.Namespace) -> None:
     redis_server = None if settings.redis_url else start_redis()
     workers = None if args.no_workers else WorkerSupervisor(settings.worker_processes, settings.worker_threads).start()
 
+    # Browser sessions (user id, language) are kept beside the Redis data, not in the working directory.
+    os.environ.setdefault("NICEGUI_STORAGE_PATH", str(settings.data_dir.resolve() / "sessions"))
     from nicegui import app, ui
 
     from ui import api, bus, pages

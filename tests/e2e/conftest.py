@@ -1,0 +1,56 @@
+"""End-to-end fixtures: one app (main.py, with its own workers) per module, a fresh browser context per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import BrowserContext, Page, expect
+
+from tests.conftest import App
+
+expect.set_options(timeout=20_000)
+
+
+@pytest.fixture(scope="module")
+def e2e_app(module_env, tmp_path_factory) -> Iterator[App]:
+    """main.py with its supervised workers, as a user runs it (but on the tests' Redis and fake LLM)."""
+    app = App({**module_env, "WORKER_PROCESSES": "2", "WORKER_THREADS": "4"}, tmp_path_factory.mktemp("e2e"))
+    app.start()
+    yield app
+    app.stop()
+
+
+@pytest.fixture
+def new_context(browser, e2e_app, redis_server, fake_llm):
+    contexts: list[BrowserContext] = []
+
+    def make(locale: str = "en-US", width: int = 1280, height: int = 860) -> BrowserContext:
+        context = browser.new_context(base_url=e2e_app.url, locale=locale,
+                                      viewport={"width": width, "height": height})
+        context.set_default_timeout(20_000)
+        contexts.append(context)
+        return context
+
+    yield make
+    for context in contexts:
+        context.close()
+
+
+@pytest.fixture
+def page(new_context) -> Page:
+    page = new_context().new_page()
+    page.goto("/")
+    expect(page.get_by_test_id("message-input")).to_be_visible()
+    return page
+
+
+def send(page: Page, text: str) -> None:
+    """Type a message and press Enter, as a person would."""
+    box = page.get_by_test_id("message-input")
+    box.fill(text)
+    box.press("Enter")
+
+
+def last_message(page: Page):
+    return page.get_by_test_id("message").last
