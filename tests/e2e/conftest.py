@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import redis
 from playwright.sync_api import BrowserContext, Page, expect
 
-from tests.conftest import App
+from tests.conftest import App, wait_for
 
 expect.set_options(timeout=20_000)
 
@@ -35,6 +36,11 @@ def new_context(browser, e2e_app, redis_server, fake_llm):
     yield make
     for context in contexts:
         context.close()
+    # Let jobs this test left running end, so that they don't take the next test's scripted replies.
+    redis.Redis.from_url(redis_server.url).delete("qc:waiting")
+    wait_for(lambda: not redis.Redis.from_url(redis_server.url).zcard("qc:leases"), timeout=30,
+             what="running jobs to end")
+    fake_llm.wait_idle(10)
 
 
 @pytest.fixture
