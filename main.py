@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from tasks.broker import worker_environment
 from tasks.settings import settings
 
 log = logging.getLogger("queuechat")
@@ -31,6 +32,7 @@ class WorkerSupervisor:
     def __init__(self, processes: int, threads: int) -> None:
         self.command = [sys.executable, "-m", "dramatiq", "tasks.actors", "--processes", str(processes),
                         "--threads", str(threads)]
+        self.env = {**worker_environment(threads), **os.environ}
         self.process: subprocess.Popen | None = None
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="worker-supervisor", daemon=True)
@@ -43,7 +45,7 @@ class WorkerSupervisor:
         delay = 0.5
         while not self.stopping.is_set():
             started = time.monotonic()
-            self.process = subprocess.Popen(self.command, cwd=ROOT, start_new_session=True)
+            self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, start_new_session=True)
             code = self.process.wait()
             if self.stopping.is_set():
                 return

@@ -13,7 +13,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from tasks import queue
+from tasks import metrics, queue
 from tasks.broker import send_tickets
 from tasks.connection import KEY_PREFIX, get_redis
 from tasks.settings import settings
@@ -109,7 +109,10 @@ def cancel(job_id: str) -> str:
     """Cancel a job: 'cancelled' (it was waiting), 'cancelling' (its worker stops it), 'final' or 'missing'."""
     client = get_redis()
     keys = [queue.job_key(job_id), queue.WAITING, queue.DELAYED, queue.LEASES]
-    return queue.Scripts(client).cancel(keys=keys, args=[job_id])
+    outcome = queue.Scripts(client).cancel(keys=keys, args=[job_id])
+    if outcome == "cancelled":  # ended here; a running job is counted by the worker that stops it
+        metrics.record_finish(client.hgetall(queue.job_key(job_id)))
+    return outcome
 
 
 # --- reading ------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from tasks import connection
+from tasks.broker import worker_environment
 from tasks.redis_server import RedisServer, free_port
 from tasks.settings import settings
 from tests.fake_ollama import FakeOllama
@@ -107,7 +108,7 @@ class Workers:
         self.process: subprocess.Popen | None = None
 
     def start(self, processes: int = 2, threads: int = 4, **settings_env: str) -> Workers:
-        env = {**self.env, **settings_env}
+        env = {**worker_environment(threads), **self.env, **settings_env}
         apply_settings(settings_env)
         self.log = open(self.log_dir / f"workers-{time.monotonic_ns()}.log", "w")
         self.process = subprocess.Popen(

@@ -114,7 +114,8 @@ def test_invalid_json_and_unknown_jobs(api):
 def test_stats_health_metrics_and_openapi(api, fake_llm):
     job_id = api.post("/api/chat", json={"message": "hi", "priority": "low"}).json()["job_id"]
     wait_for(lambda: finished(api, job_id))
-    stats = api.get("/api/queue/stats").json()
+    stats = wait_for(lambda: (s := api.get("/api/queue/stats").json())["workers"] >= 2 and s,
+                     what="worker heartbeats after the flush")
     for key in ("queued", "running", "completed", "failed", "cancelled", "workers", "avg_response_ms",
                 "success_rate", "throughput_per_min"):
         assert key in stats
