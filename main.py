@@ -2,6 +2,7 @@
 
     uv run main.py                 # everything, on http://127.0.0.1:8080
     uv run main.py --no-workers    # UI + API only; workers run elsewhere: `dramatiq tasks.actors`
+    uv run main.py demo [--offline]   # the scripted demo in Chromium (demo/), screenshots in docs/demo/
 
 Ctrl-C stops every child process. Workers that die are restarted (the `dramatiq` CLI exits when one of
 its processes dies, so the supervisor restarts the whole CLI).
@@ -81,13 +82,15 @@ def start_redis():
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="queuechat: a queue-fronted AI chat")
+    parser = argparse.ArgumentParser(description="queuechat: a queue-fronted AI chat",
+                                     epilog="uv run main.py demo [--offline]: the scripted demo (demo/tour.py)")
     parser.add_argument("--no-workers", action="store_true", help="run the UI and API only")
     return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the health poll would log every 2 s
     redis_server = None if settings.redis_url else start_redis()
     workers = None if args.no_workers else WorkerSupervisor(settings.worker_processes, settings.worker_threads).start()
 
@@ -117,4 +120,8 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ in {"__main__", "__mp_main__"}:
+    if sys.argv[1:2] == ["demo"]:
+        from demo.tour import main as demo
+
+        sys.exit(demo(sys.argv[2:]))
     run(parse_args())

@@ -33,7 +33,7 @@ class MetricsPanel:
     def __init__(self) -> None:
         self.figures: dict | None = None
         self.points: list[dict] | None = None
-        self.drawer = ui.right_drawer(value=None) \
+        self.drawer = ui.right_drawer(value=False).props("show-if-above") \
             .props(f'width={theme.METRICS_WIDTH} breakpoint={theme.METRICS_BREAKPOINT} bordered '
                    'data-testid=metrics-panel') \
             .classes('bg-white p-0')

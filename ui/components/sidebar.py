@@ -44,7 +44,7 @@ class Sidebar:
         self._again = False
         self._ticks = 0
 
-        self.drawer = ui.left_drawer(value=None).props(f'width={theme.SIDEBAR_WIDTH} bordered') \
+        self.drawer = ui.left_drawer(value=False).props("show-if-above").props(f'width={theme.SIDEBAR_WIDTH} bordered') \
             .classes('qc-sidebar p-0').props('data-testid=sidebar')
         self.drawer.on('on-layout', lambda e: setattr(self, 'docked', bool(e.args)))
         with self.drawer, ui.column().classes('w-full h-full no-wrap gap-0'):
