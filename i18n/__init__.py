@@ -53,6 +53,10 @@ def t(key: str, lang: str | None = None, **kw: Any) -> str:
     return template.format(**kw) if kw else template
 
 
+def has_key(key: str) -> bool:
+    return key in catalog(DEFAULT_LANGUAGE)
+
+
 @cache
 def catalog(lang: str) -> dict[str, str]:
     return json.loads((_DIR / f'{lang}.json').read_text(encoding='utf-8'))

@@ -96,18 +96,18 @@ class JobRun:
         try:
             outcome = await self.stream_until_cancelled(raw)
         except PermanentLLMError as error:
-            await self.finish("failed", "failed", error=str(error))
+            await self.finish("failed", "failed", error=str(error), error_code=error.code)
         except TransientLLMError as error:
             await self.give_up_or_retry(raw, error)
         except asyncio.CancelledError:
             limit = f"The answer took longer than the time limit ({settings.job_time_limit:g} s)."
-            await asyncio.shield(self.finish("failed", "failed", error=limit))
+            await asyncio.shield(self.finish("failed", "failed", error=limit, error_code="time_limit"))
             raise
         else:
             if outcome == "cancelled":
                 await self.finish("cancelled", "cancelled")
             elif outcome == "done":
-                await self.finish("completed", "done", error="")
+                await self.finish("completed", "done", error="", error_code="")
 
     async def stream_until_cancelled(self, raw: dict) -> str:
         """'done', 'cancelled' or 'lost' (another worker owns the job now); LLM errors propagate."""
@@ -141,8 +141,8 @@ class JobRun:
                     return "done"
                 if not self.answer and not self.thinking:
                     await self.set_phase("generating", 10)
-                (self.answer if chunk.kind == "token" else self.thinking).append(chunk.text)
                 await self.append(chunk.kind, chunk.text, expected)
+                (self.answer if chunk.kind == "token" else self.thinking).append(chunk.text)
         return "done"
 
     async def loading_phase(self, llm: OllamaClient, model: str) -> str:
@@ -163,26 +163,41 @@ class JobRun:
         await self.scripts.progress(keys=[queue.job_key(self.job_id)], args=[self.job_id, self.epoch, phase, progress])
 
     async def append(self, kind: str, text: str, expected: int) -> None:
-        produced = len(self.answer) + len(self.thinking)
+        produced = len(self.answer) + len(self.thinking) + 1
         progress = min(95, 10 + int(85 * produced / expected))
         await self.scripts.append(keys=[queue.job_key(self.job_id)], args=[self.job_id, self.epoch, kind, text, progress])
         if progress >= self.progress + 5:
             await self.set_phase("generating", progress)
 
     async def give_up_or_retry(self, raw: dict, error: TransientLLMError) -> None:
-        retries = self.ticket.message.options.get("retries", 0)
-        if retries >= settings.queue_max_retries:
-            attempts = int(raw.get("attempts") or 0) + 1
-            await self.finish("failed", "failed", error=f"{error} (gave up after {attempts} attempts)")
+        """Park the job for a retry, or fail it once it has had QUEUE_MAX_RETRIES retries.
+
+        The budget is the job's, not the ticket's: ``attempts`` (LLM calls so far, this one included; ADMIT
+        counts them) decides. Tickets are interchangeable, so the ticket that brings a parked job back may
+        admit another job (a higher one, or the job is taken by another ticket first), and its own Dramatiq
+        ``retries`` count says nothing about this job. So it is set from the job before raising: Retries'
+        backoff and ``retry_when`` then follow the job too.
+        """
+        attempts = int(raw.get("attempts") or 1)
+        if attempts > settings.queue_max_retries:
+            await self.finish("failed", "failed", error=f"{error} (gave up after {attempts} attempts)",
+                              error_code=error.code)
             return
         deadline_ms = settings.retry_max_backoff_ms + int(settings.queue_recovery_seconds * 1000)
         parked = await self.scripts.back_off(keys=[queue.job_key(self.job_id), queue.LEASES, queue.DELAYED, queue.WAKE],
                                              args=[self.job_id, self.epoch, deadline_ms, str(error)])
-        if parked:
+        if parked == 1:
+            self.ticket.message.options["retries"] = attempts - 1
             raise error  # Dramatiq's Retries sends this ticket again after its backoff
+        if parked == -1:  # cancelled while the call was failing: a cancelled job is never retried
+            await self.finish("cancelled", "cancelled")
 
     async def finish(self, status: str, phase: str, **fields: str) -> None:
         answer = "".join(self.answer)
+        if status == "cancelled":
+            # A cancel may interrupt a token write whose outcome we never learn: keep what the user saw.
+            answer, thinking = jobs.fold_entries(await self.redis.xrange(queue.stream_key(self.job_id)))
+            fields = {"thinking": thinking, **fields}
         if self.kind == "suggest":
             answer = answer.strip().strip('"“”「」')
         fields = {"answer": answer, "thinking": "".join(self.thinking), **fields}

@@ -1,8 +1,8 @@
 """Worker-side housekeeping as Dramatiq middleware: reap dead leases and say "this worker is alive".
 
 Each worker process runs one janitor thread. Once a second it runs the REAP step (see :mod:`tasks.queue`),
-counts the jobs it ended, tops up the tickets, and refreshes this process's heartbeat. Several janitors may
-run at once; REAP is atomic, so each job is put back once.
+sends a ticket for every job it put back, counts the jobs it ended, tops up the tickets, and refreshes this
+process's heartbeat. Several janitors may run at once; REAP is atomic, so each job is put back once.
 
 Topping up keeps invariant 6 (at least one ticket per waiting or parked job) whatever happened to a ticket:
 a message Dramatiq gave up on while Redis was down, a send that never happened because the submitting
@@ -57,8 +57,13 @@ class Janitor(Middleware):
         client = get_redis()
         seconds, micros = client.time()
         client.zadd(metrics.WORKERS, {self.worker_id: seconds * 1000 + micros // 1000})
-        _, ended = queue.Scripts(client).reap(
+        back, ended = queue.Scripts(client).reap(
             keys=[queue.LEASES, queue.WAITING, queue.DELAYED, queue.WAKE], args=[settings.stream_ttl_seconds])
+        if back:
+            # Not left to the top-up: a killed worker's ticket still counts in ``<queue>.msgs`` until Dramatiq's
+            # maintenance (a random 1 in 10 broker commands) hands it back, which can take many seconds;
+            # the job must run again within the recovery window. The old ticket, once back, is a surplus one.
+            send_tickets(len(back))
         for job_id in ended:
             metrics.record_finish(client.hgetall(queue.job_key(job_id)))
         self.top_up_tickets(client)

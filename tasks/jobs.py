@@ -142,7 +142,7 @@ def public_job(raw: dict, *, answer: str | None = None, thinking: str = "", posi
         "status": state["status"], "phase": state.get("phase"), "priority": raw["priority"],
         "position": position if state["status"] == "queued" else None,
         "eta_seconds": None, "progress": int(float(state.get("progress") or 0)),
-        "error": state.get("error") or None, "attempts": int(state.get("attempts") or 0),
+        "error": state.get("error") or None, "error_code": state.get("error_code") or None, "attempts": int(state.get("attempts") or 0),
         "model": raw.get("model"), "prompt": raw.get("prompt", ""),
         "created_at": _iso(raw.get("created_at")), "started_at": _iso(raw.get("started_at")),
         "finished_at": _iso(raw.get("finished_at")), "first_token_at": _iso(raw.get("first_token_at")),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -18,7 +19,11 @@ from tasks.settings import settings
 
 
 class LLMError(Exception):
-    """Base of LLM failures; ``str(error)`` is meant for the person who asked."""
+    """Base of LLM failures; ``str(error)`` is meant for the person who asked, ``code`` for translations."""
+
+    def __init__(self, message: str, code: str = "llm_error") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class TransientLLMError(LLMError):
@@ -39,21 +44,21 @@ class Chunk:
 
 
 class OllamaClient:
-    """Talks to one Ollama server. Cheap to create; use as an async context manager."""
+    """Talks to one Ollama server. Cheap to create: the HTTP connection pool is shared per event loop and host
+    (building an ``httpx.AsyncClient`` costs tens of milliseconds, mostly its SSL context, and would otherwise
+    be paid on every job's time to first token)."""
+
+    LOADED_CACHE_SECONDS = 5.0
 
     def __init__(self, host: str | None = None) -> None:
         self.host = (host or settings.ollama_host).rstrip("/")
-        # The read timeout covers the wait for the response headers (some servers send them with the first
-        # token); between lines, _lines applies the first-token and idle timeouts itself.
-        timeout = httpx.Timeout(connect=settings.llm_connect_timeout, read=settings.llm_first_token_timeout,
-                                write=30.0, pool=30.0)
-        self.http = httpx.AsyncClient(base_url=self.host, timeout=timeout)
+        self.http = _shared_http(self.host)
 
     async def __aenter__(self) -> OllamaClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        await self.http.aclose()
+        """Nothing to close: the pool outlives this client (it ends with its event loop)."""
 
     async def chat(self, model: str, messages: list[dict], *, num_predict: int | None = None,
                    ) -> AsyncIterator[Chunk]:
@@ -78,12 +83,14 @@ class OllamaClient:
                         return
         except httpx.ConnectError as error:
             raise TransientLLMError(f"Ollama is not reachable at {self.host}: start `ollama serve` "
-                                    "or set OLLAMA_HOST.") from error
+                                    "or set OLLAMA_HOST.", "llm_unreachable") from error
         except httpx.ReadTimeout as error:
-            raise TransientLLMError(f"Ollama sent nothing for {settings.llm_first_token_timeout:g} s.") from error
+            raise TransientLLMError(f"Ollama sent nothing for {settings.llm_first_token_timeout:g} s.",
+                                    "llm_timeout") from error
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as error:
-            raise TransientLLMError(f"Ollama closed the connection mid-answer ({type(error).__name__}).") from error
-        raise TransientLLMError("Ollama ended the answer without finishing it.")
+            raise TransientLLMError(f"Ollama closed the connection mid-answer ({type(error).__name__}).",
+                                    "llm_disconnected") from error
+        raise TransientLLMError("Ollama ended the answer without finishing it.", "llm_disconnected")
 
     async def _lines(self, response: httpx.Response) -> AsyncIterator[dict]:
         """Parsed NDJSON lines, with the first-token and idle timeouts applied."""
@@ -95,18 +102,18 @@ class OllamaClient:
             except StopAsyncIteration:
                 return
             except TimeoutError as error:
-                raise TransientLLMError(f"Ollama sent nothing for {wait:g} s.") from error
+                raise TransientLLMError(f"Ollama sent nothing for {wait:g} s.", "llm_timeout") from error
             wait = settings.llm_idle_timeout
             if not line.strip():
                 continue
             try:
                 payload = json.loads(line)
             except ValueError as error:
-                raise TransientLLMError(f"Ollama sent a malformed line: {line[:80]!r}.") from error
+                raise TransientLLMError(f"Ollama sent a malformed line: {line[:80]!r}.", "llm_malformed") from error
             if not isinstance(payload, dict):
-                raise TransientLLMError(f"Ollama sent a malformed line: {line[:80]!r}.")
+                raise TransientLLMError(f"Ollama sent a malformed line: {line[:80]!r}.", "llm_malformed")
             if payload.get("error"):
-                raise PermanentLLMError(f"Ollama stopped with an error: {payload['error']}")
+                raise PermanentLLMError(f"Ollama stopped with an error: {payload['error']}", "llm_refused")
             yield payload
 
     async def list_models(self) -> list[str]:
@@ -114,8 +121,12 @@ class OllamaClient:
         return [m["name"] for m in (await self._get_json("/api/tags")).get("models", [])]
 
     async def loaded_models(self) -> list[str]:
-        """Names of the models in memory now (``/api/ps``)."""
-        return [m["name"] for m in (await self._get_json("/api/ps")).get("models", [])]
+        """Names of the models in memory now (``/api/ps``), cached a few seconds per host."""
+        checked, names = _loaded.get(self.host, (0.0, []))
+        if time.monotonic() - checked > self.LOADED_CACHE_SECONDS:
+            names = [m["name"] for m in (await self._get_json("/api/ps")).get("models", [])]
+            _loaded[self.host] = (time.monotonic(), names)
+        return names
 
     async def is_up(self) -> bool:
         try:
@@ -131,7 +142,24 @@ class OllamaClient:
             return response.json()
         except (httpx.HTTPError, ValueError) as error:
             raise TransientLLMError(f"Ollama is not reachable at {self.host}: start `ollama serve` "
-                                    "or set OLLAMA_HOST.") from error
+                                    "or set OLLAMA_HOST.", "llm_unreachable") from error
+
+
+_pools: dict[tuple[int, str], httpx.AsyncClient] = {}
+_loaded: dict[str, tuple[float, list[str]]] = {}
+
+
+def _shared_http(host: str) -> httpx.AsyncClient:
+    """One connection pool per (running event loop, host)."""
+    key = (id(asyncio.get_running_loop()), host)
+    client = _pools.get(key)
+    if client is None or client.is_closed:
+        # The read timeout covers the wait for the response headers (some servers send them with the first
+        # token); between lines, _lines applies the first-token and idle timeouts itself.
+        timeout = httpx.Timeout(connect=settings.llm_connect_timeout, read=settings.llm_first_token_timeout,
+                                write=30.0, pool=30.0)
+        client = _pools[key] = httpx.AsyncClient(base_url=host, timeout=timeout)
+    return client
 
 
 async def raise_for_answer(response: httpx.Response, model: str, host: str) -> None:
@@ -146,12 +174,13 @@ async def raise_for_answer(response: httpx.Response, model: str, host: str) -> N
     reason = str(reason)[:300]
     status = response.status_code
     if status == 404 and "not found" in reason:
-        raise PermanentLLMError(f"The model {model!r} is not installed on {host}: run `ollama pull {model}`.")
+        raise PermanentLLMError(f"The model {model!r} is not installed on {host}: run `ollama pull {model}`.",
+                                "model_missing")
     if status == 503:
-        raise TransientLLMError(f"Ollama is busy (HTTP 503): {reason}")
+        raise TransientLLMError(f"Ollama is busy (HTTP 503): {reason}", "llm_busy")
     if status >= 500 or status == 429:
-        raise TransientLLMError(f"Ollama answered HTTP {status}: {reason}")
-    raise PermanentLLMError(f"Ollama refused the request (HTTP {status}): {reason}")
+        raise TransientLLMError(f"Ollama answered HTTP {status}: {reason}", "llm_refused")
+    raise PermanentLLMError(f"Ollama refused the request (HTTP {status}): {reason}", "llm_refused")
 
 
 class ThinkSplitter:

@@ -15,8 +15,9 @@ Invariants (each Lua script keeps them; the tests in tests/test_queue*.py check 
 4. Every admission increments the job's ``epoch``. Writes from a worker carry its epoch and are ignored
    when it is stale, so a worker that lost its lease (stalled, or presumed dead) can't mix its tokens in.
 5. A job reaches exactly one terminal status (completed, failed, cancelled); terminal writes check it.
-6. There are at least as many tickets as waiting and parked jobs. Submission sends one; the janitor tops
-   them up once a second (see :mod:`tasks.janitor`); surplus tickets find nothing and end.
+6. There are at least as many tickets as waiting and parked jobs. Submission sends one, so does the janitor
+   for each job it puts back; it also tops them up once a second (see :mod:`tasks.janitor`); surplus tickets
+   find nothing and end.
 
 The position of a job is its ``ZRANK`` in ``qc:waiting`` (O(log n)): the number of jobs that start before it.
 """
@@ -59,9 +60,9 @@ local function emit(id, kind, data, epoch)
   redis.call('XADD', P .. 'stream:' .. id, '*', 'k', kind, 'd', data, 'a', epoch)
 end
 local function snapshot(job)
-  local f = redis.call('HMGET', job, 'status', 'phase', 'progress', 'attempts', 'error')
+  local f = redis.call('HMGET', job, 'status', 'phase', 'progress', 'attempts', 'error', 'error_code')
   return cjson.encode({status=f[1], phase=f[2], progress=tonumber(f[3]) or 0,
-                       attempts=tonumber(f[4]) or 0, error=f[5] or cjson.null})
+                       attempts=tonumber(f[4]) or 0, error=f[5] or cjson.null, error_code=f[6] or cjson.null})
 end
 """
 
@@ -175,9 +176,12 @@ return 1
 BACK_OFF = _PRELUDE + """
 -- KEYS: job, leases, delayed, wake   ARGV: id, epoch, deadline_ms_from_now, error
 -- A transient failure: free the slot and park the job until its retry ticket (or the janitor) returns it.
+-- Returns 1 (parked), 0 (not this worker's job any more) or -1: a cancel is pending, so the job is not parked
+-- (ADMIT would clear the flag and run it again) and the worker ends it as cancelled instead.
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'status') ~= 'running' then
   return 0
 end
+if redis.call('HGET', KEYS[1], 'cancel') == '1' then return -1 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[3]), ARGV[1])
 redis.call('HSET', KEYS[1], 'status', 'queued', 'phase', 'retrying', 'error', ARGV[4])
@@ -220,7 +224,7 @@ REAP = _PRELUDE + """
 -- KEYS: leases, waiting, delayed, wake   ARGV: stream_ttl_s
 -- Jobs whose worker stopped renewing (killed, stalled) and parked jobs whose retry ticket never came back
 -- return to the front of their level with a new epoch; a cancel that was pending is honoured instead.
--- Returns {ids put back, ids ended as cancelled (each to be counted)}.
+-- Returns {ids put back (each gets a ticket at once), ids ended as cancelled (each to be counted)}.
 local now = now_ms()
 local back = {}
 local ended = {}

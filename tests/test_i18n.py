@@ -67,14 +67,21 @@ def test_keys_built_at_run_time_exist_for_every_value() -> None:
         'month.': [str(month) for month in range(1, 13)],
         'lang.': list(i18n.LANGUAGES),
         'error.': job_error_codes(),
+        'job_error.': llm_error_codes(),
     }
     dynamic = {prefix for path in SOURCES if path.exists() for prefix in DYNAMIC_KEY.findall(path.read_text())}
     assert dynamic <= set(families), f'a key family built at run time is not covered here: {dynamic - set(families)}'
     for prefix, values in families.items():
         for value in values:
             assert prefix + value in catalog, f'{prefix}{value} is missing'
-    for _, key in chat.JOB_ERRORS:
-        assert key in catalog
+
+
+def llm_error_codes() -> list[str]:
+    """Every error code a failed job can carry (tasks/llm.py's errors, and the worker's time limit)."""
+    source = (ROOT / 'tasks' / 'llm.py').read_text()
+    codes = set(re.findall(r'"((?:llm|model)_[a-z_]+)"\)', source)) - {'llm_error'}
+    assert {'llm_unreachable', 'model_missing', 'llm_busy'} <= codes
+    return sorted(codes | {'time_limit'})
 
 
 def job_error_codes() -> list[str]:

@@ -201,8 +201,11 @@ def test_cancelling_a_waiting_job_removes_it_at_once(scripts):
     assert kinds == ["status", "done"]
     assert jobs.snapshot_of(jobs.read_stream(ids[1])[-1][1])["status"] == "cancelled"
 
+    assert metrics.stats()["cancelled"] == 1  # counted once, like every end
+
     assert jobs.cancel(ids[1]) == "final"
     assert jobs.cancel("0" * 32) == "missing"
+    assert metrics.stats()["cancelled"] == 1
     assert drain(scripts) == [ids[0], ids[2], ids[3]]
 
 
@@ -217,6 +220,22 @@ def test_cancelling_a_job_parked_for_a_retry_ends_it(scripts):
     assert scripts.return_(keys=[queue.job_key(job_id), queue.DELAYED, queue.WAITING], args=[job_id]) == 0
     assert admit(scripts).outcome == "empty"
     assert jobs.get_raw(job_id)["status"] == "cancelled"
+
+
+def test_a_cancel_that_races_a_transient_error_is_not_lost_to_the_retry(scripts):
+    job_id = submit("cancel me")
+    running = admit(scripts)
+    assert jobs.cancel(job_id) == "cancelling"
+    # The LLM call fails before the worker's next poll sees the cancel: the job must not be parked for a
+    # retry (ADMIT would clear the flag and run it again); the worker is told to end it as cancelled.
+    assert scripts.back_off(keys=[queue.job_key(job_id), queue.LEASES, queue.DELAYED, queue.WAKE],
+                            args=[job_id, running.epoch, 5000, "busy"]) == -1
+    assert get_redis().zcard(queue.DELAYED) == 0
+    assert finish(scripts, running, "cancelled") == 1
+    assert scripts.return_(keys=[queue.job_key(job_id), queue.DELAYED, queue.WAITING], args=[job_id]) == 0
+    assert admit(scripts).outcome == "empty"
+    raw = jobs.get_raw(job_id)
+    assert (raw["status"], raw["attempts"]) == ("cancelled", "1")
 
 
 # --- 10 (and invariants 4-5). one terminal state, stale workers fenced off ---------------------------

@@ -309,6 +309,7 @@ class Message:
         self.progress = int(float(raw.get('progress') or 0))
         self.attempts = int(raw.get('attempts') or 0)
         self.error: str = raw.get('error') or ''
+        self.error_code: str | None = raw.get('error_code') or None
         self.finished = self.status in queue.TERMINAL
         self.answer: str = raw.get('answer', '') if self.finished else ''
         self.thinking: str = raw.get('thinking', '') if self.finished else ''
@@ -398,6 +399,7 @@ class Message:
                 self.progress = int(float(snapshot.get('progress') or 0))
                 self.attempts = int(snapshot.get('attempts') or 0)
                 self.error = snapshot.get('error') or ''
+                self.error_code = snapshot.get('error_code')
                 if self.status != 'queued':
                     self.position = self.eta = None
                 if kind == 'done' or self.status in queue.TERMINAL:
@@ -419,6 +421,7 @@ class Message:
             self.raw = raw
             self.status = raw.get('status', self.status)
             self.error = raw.get('error') or self.error
+            self.error_code = raw.get('error_code') or self.error_code
             if self.status == 'completed' and raw.get('answer'):
                 self.answer = raw['answer']
                 self.thinking = raw.get('thinking', '') or self.thinking
@@ -465,7 +468,7 @@ class Message:
         failed = self.finished and self.status == 'failed'
         self.error_box.set_visibility(failed)
         if failed:
-            title, detail = job_error_text(self.error)
+            title, detail = job_error_text(self.error, self.error_code)
             self.error_title.set_text(title)
             self.error_detail.set_text(detail)
             self.error_detail.set_visibility(bool(detail))
@@ -674,7 +677,7 @@ class Composer:
             if answer:
                 self._fill(answer)
         elif snapshot.get('status') == 'failed':
-            title, _ = job_error_text(snapshot.get('error') or '')
+            title, _ = job_error_text(snapshot.get('error') or '', snapshot.get('error_code'))
             self._show_error(i18n.t('chat.suggest_failed', reason=title))
 
     def _show_suggesting(self) -> None:
@@ -722,26 +725,10 @@ def job_error_message(error: jobs.JobError) -> str:
     return i18n.t('error.unknown', detail=error.message)
 
 
-JOB_ERRORS = (  # (pattern in the worker's message, key) — the worker stores English text, the UI translates
-    ('not reachable', 'job_error.llm_unreachable'),
-    ('is not installed', 'job_error.model_missing'),
-    ('time limit', 'job_error.time_limit'),
-    ('sent nothing', 'job_error.llm_timeout'),
-    ('closed the connection', 'job_error.llm_disconnected'),
-    ('ended the answer', 'job_error.llm_disconnected'),
-    ('malformed', 'job_error.llm_malformed'),
-    ('busy', 'job_error.llm_busy'),
-    ('HTTP', 'job_error.llm_refused'),
-    ('stopped with an error', 'job_error.llm_refused'),
-)
-
-
-def job_error_text(error: str) -> tuple[str, str]:
-    """(translated title, original detail) for a failed job's error message."""
-    for pattern, key in JOB_ERRORS:
-        if pattern in error:
-            return i18n.t(key), error
-    return i18n.t('job_error.generic'), error
+def job_error_text(error: str, code: str | None) -> tuple[str, str]:
+    """(translated title, original detail) of a failed job: the worker stores an error code beside its text."""
+    key = f'job_error.{code}'
+    return (i18n.t(key) if code and i18n.has_key(key) else i18n.t('job_error.generic')), error
 
 
 def close_open_fence(markdown: str) -> str:
