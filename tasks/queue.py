@@ -88,6 +88,7 @@ if ARGV[5] ~= '' then
   redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[4]) - 1)
 end
 emit(ARGV[1], 'status', snapshot(KEYS[1]), 0)
+redis.call('PUBLISH', P .. 'events', ARGV[1])
 redis.call('PUBLISH', P .. 'events', '*queue')
 return {1, redis.call('ZRANK', KEYS[2], ARGV[1])}
 """
@@ -198,6 +199,8 @@ RETURN = _PRELUDE + """
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
 redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'score'), ARGV[1])
 redis.call('HSET', KEYS[1], 'phase', 'queued')
+emit(ARGV[1], 'status', snapshot(KEYS[1]), redis.call('HGET', KEYS[1], 'epoch'))
+redis.call('PUBLISH', P .. 'events', ARGV[1])
 redis.call('PUBLISH', P .. 'events', '*queue')
 return 1
 """
