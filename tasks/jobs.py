@@ -18,7 +18,6 @@ from tasks.broker import send_tickets
 from tasks.connection import KEY_PREFIX, get_redis
 from tasks.settings import settings
 
-TOTALS = KEY_PREFIX + "totals"
 CONVERSATION_OWNERS = KEY_PREFIX + "conversation_owners"
 KINDS = ("chat", "suggest")
 
@@ -68,7 +67,7 @@ def submit(message: str, *, user: str, priority: str = "normal", model: str | No
     job_id = new_id()
     fields = {"id": job_id, "kind": kind, "user": user, "priority": priority, "prompt": message,
               "model": model or settings.ollama_model, "lang": lang, "conversation_id": conversation_id or ""}
-    keys = [queue.job_key(job_id), queue.WAITING, queue.SEQ, TOTALS, conversation_key(conversation_id or "-"),
+    keys = [queue.job_key(job_id), queue.WAITING, queue.SEQ, queue.TOTALS, conversation_key(conversation_id or "-"),
             history_key(user), conversations_key(user), CONVERSATION_OWNERS]
     args = [job_id, settings.queue_max_waiting, queue.PRIORITY_LEVELS[priority], settings.history_size,
             conversation_id or "", user, *[x for kv in fields.items() for x in kv]]

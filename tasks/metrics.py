@@ -15,7 +15,6 @@ from tasks import queue
 from tasks.connection import KEY_PREFIX, get_redis
 from tasks.settings import settings
 
-TOTALS = KEY_PREFIX + "totals"
 SERVICE_TIMES = KEY_PREFIX + "service_ms"  # the last 50 LLM call durations, for the ETA
 WORKERS = KEY_PREFIX + "workers"           # worker id -> last heartbeat (ms)
 BUCKET_TTL = 2 * 86400
@@ -32,17 +31,18 @@ def samples_key(kind: str, minute: int) -> str:
 
 
 def record_finish(raw: dict) -> None:
-    """Count a job that just ended (called exactly once per job, by whoever ended it)."""
+    """Bucket the figures of a job that just ended (called once per job, by whoever ended it).
+
+    The totals by status are counted by the Lua step that ended the job (see :mod:`tasks.queue`)."""
     status, kind = raw["status"], raw.get("kind", "chat")
     created, started = _ms(raw.get("created_at")), _ms(raw.get("started_at"))
     finished, first = _ms(raw.get("finished_at")), _ms(raw.get("first_token_at"))
     minute = (finished or created) // 60000
     pipe = get_redis().pipeline(transaction=False)
-    pipe.hincrby(TOTALS, status, 1)
     pipe.hincrby(bucket_key(minute), status, 1)
     if status == "completed" and kind == "chat":
-        pipe.hincrby(TOTALS, "response_ms_sum", finished - created)
-        pipe.hincrby(TOTALS, "response_count", 1)
+        pipe.hincrby(queue.TOTALS, "response_ms_sum", finished - created)
+        pipe.hincrby(queue.TOTALS, "response_count", 1)
         pipe.hincrby(bucket_key(minute), "response_ms_sum", finished - created)
         pipe.lpush(SERVICE_TIMES, finished - started)
         pipe.ltrim(SERVICE_TIMES, 0, 49)
@@ -91,7 +91,7 @@ def stats() -> dict:
         pipe.zcount(queue.WAITING, low, high)
     pipe.zcard(queue.DELAYED)
     pipe.zcard(queue.LEASES)
-    pipe.hgetall(TOTALS)
+    pipe.hgetall(queue.TOTALS)
     for m in range(minute - WINDOW_MINUTES + 1, minute + 1):
         pipe.hgetall(bucket_key(m))
         pipe.lrange(samples_key("wait", m), 0, -1)

@@ -14,7 +14,8 @@ Invariants (each Lua script keeps them; the tests in tests/test_queue*.py check 
    last 60 s. Holding back never counts as a retry.
 4. Every admission increments the job's ``epoch``. Writes from a worker carry its epoch and are ignored
    when it is stale, so a worker that lost its lease (stalled, or presumed dead) can't mix its tokens in.
-5. A job reaches exactly one terminal status (completed, failed, cancelled); terminal writes check it.
+5. A job reaches exactly one terminal status (completed, failed, cancelled); terminal writes check it and
+   count it in ``qc:totals`` in the same step, so the totals always agree with the job records.
 6. There are at least as many tickets as waiting and parked jobs. Submission sends one, so does the janitor
    for each job it puts back; it also tops them up once a second (see :mod:`tasks.janitor`); surplus tickets
    find nothing and end.
@@ -38,6 +39,7 @@ STARTS = KEY_PREFIX + "starts"
 WAKE = KEY_PREFIX + "wake"
 SEQ = KEY_PREFIX + "seq"
 EVENTS = KEY_PREFIX + "events"
+TOTALS = KEY_PREFIX + "totals"   # jobs submitted and ended, by status
 QUEUE_CHANGED = "*queue"  # published on EVENTS when positions may have moved
 
 
@@ -164,6 +166,7 @@ local progress = redis.call('HGET', KEYS[1], 'progress')
 if ARGV[3] == 'completed' then progress = 100 end
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'phase', ARGV[4], 'progress', progress,
            'finished_at', now_ms(), unpack(fields))
+redis.call('HINCRBY', P .. 'totals', ARGV[3], 1)
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('LPUSH', KEYS[3], ARGV[1])
 redis.call('LTRIM', KEYS[3], 0, 99)
@@ -213,6 +216,7 @@ if not status then return 'missing' end
 if status == 'completed' or status == 'failed' or status == 'cancelled' then return 'final' end
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 or redis.call('ZREM', KEYS[3], ARGV[1]) == 1 then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'phase', 'cancelled', 'finished_at', now_ms())
+  redis.call('HINCRBY', P .. 'totals', 'cancelled', 1)
   emit(ARGV[1], 'done', snapshot(KEYS[1]), redis.call('HGET', KEYS[1], 'epoch'))
   redis.call('PUBLISH', P .. 'events', ARGV[1])
   redis.call('PUBLISH', P .. 'events', '*queue')
@@ -236,6 +240,7 @@ local function requeue(id, from)
   local job = P .. 'job:' .. id
   if redis.call('HGET', job, 'cancel') == '1' then
     redis.call('HSET', job, 'status', 'cancelled', 'phase', 'cancelled', 'finished_at', now)
+    redis.call('HINCRBY', P .. 'totals', 'cancelled', 1)
     emit(id, 'done', snapshot(job), redis.call('HGET', job, 'epoch'))
     redis.call('EXPIRE', P .. 'stream:' .. id, tonumber(ARGV[1]))
     ended[#ended + 1] = id

@@ -89,7 +89,8 @@ class RedisServer:
         if self.process is None or self.process.poll() is not None:
             return
         try:
-            redis.Redis(port=self.port, socket_connect_timeout=1).shutdown(nosave=True)
+            # No retries: redis-py would otherwise retry SHUTDOWN's (expected) dropped connection for seconds.
+            redis.Redis(port=self.port, socket_connect_timeout=1, retry=None).shutdown(nosave=True)
         except redis.RedisError:
             pass
         try:

@@ -167,7 +167,7 @@ def test_a_full_queue_refuses_with_429_and_leaves_nothing_behind(scripts, r):
             "conversations": r.zcard(jobs.conversations_key("u1")),
             "owners": r.hlen(jobs.CONVERSATION_OWNERS),
             "turns": r.llen(jobs.conversation_key(accepted[0].conversation_id)),
-            "submitted": int(r.hget(jobs.TOTALS, "submitted")),
+            "submitted": int(r.hget(queue.TOTALS, "submitted")),
             "seq": int(r.get(queue.SEQ)),
             "tickets": r.hlen(f"{NAMESPACE}:{QUEUE_NAME}.msgs"),
         }

@@ -373,13 +373,12 @@ def test_cancelling_a_running_job_stops_the_llm_call_and_keeps_the_partial_answe
 # --- 9. progress phases -------------------------------------------------------------------------------------
 
 def test_progress_goes_through_the_phases_and_never_backwards(workers, fake_llm):
-    fake_llm.set_loaded([])
+    fake_llm.set_loaded(["qwen3:latest"])  # in memory: straight to the prompt; the other model must load first
     workers.start(processes=2, threads=4, QUEUE_CONCURRENCY="1", EXPECTED_TOKENS="20")
-    cold = submit(slow("cold", 30, 0.01))
-    wait_over([cold])
-    warm = submit(slow("warm", 30, 0.01))
-    wait_over([warm])
-    for job_id, load_phase in ((cold, "loading"), (warm, "prompt")):
+    warm = submit(slow("warm", 30, 0.01), model="qwen3:latest")
+    cold = submit(slow("cold", 30, 0.01), model="llama3.2:latest")
+    wait_over([warm, cold])
+    for job_id, load_phase in ((warm, "prompt"), (cold, "loading")):
         attempts = phases_by_attempt(job_id)
         assert sorted(attempts) == [0, 1]
         steps = attempts[0] + attempts[1]
