@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi import Request
 
 from tasks.connection import KEY_PREFIX, get_redis
+from tasks import jobs
 from tasks.jobs import JobError
 from tasks.settings import settings
 
@@ -28,6 +29,12 @@ def check(client_key: str) -> None:
     if count > settings.api_rate_per_min:
         raise JobError("rate_limited", f"Too many requests: at most {settings.api_rate_per_min} a minute. "
                        f"Try again in {60 - int(seconds) % 60} s.", status=429, limit=settings.api_rate_per_min)
+
+
+def submit_for_user(message: str, *, user: str, **options):
+    """``tasks.jobs.submit`` for the chat box, counted against this browser user's request budget."""
+    check("user:" + user)
+    return jobs.submit(message, user=user, **options)
 
 
 def per_client(request: Request) -> None:

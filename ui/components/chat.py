@@ -23,7 +23,7 @@ import i18n
 from tasks import jobs, queue
 from tasks.connection import get_async_redis, get_redis
 from tasks.settings import settings
-from ui import bus, theme
+from ui import bus, limits, theme
 from ui.state import PageState
 
 log = logging.getLogger('queuechat.ui.chat')
@@ -583,8 +583,9 @@ class Composer:
         self._on_text()
         try:
             submitted = await run.io_bound(partial(
-                jobs.submit, text, user=self.state.user, priority=self.state.priority, model=self.state.model,
-                conversation_id=self.state.conversation_id, kind='chat', lang=i18n.current_language()))
+                limits.submit_for_user, text, user=self.state.user, priority=self.state.priority,
+                model=self.state.model, conversation_id=self.state.conversation_id, kind='chat',
+                lang=i18n.current_language()))
         except jobs.JobError as error:
             self._show_error(job_error_message(error))
             return
@@ -636,8 +637,8 @@ class Composer:
             return
         try:
             submitted = await run.io_bound(partial(
-                jobs.submit, i18n.t('chat.suggest_request'), user=self.state.user, priority=self.state.priority,
-                model=self.state.model, kind='suggest', lang=i18n.current_language()))
+                limits.submit_for_user, i18n.t('chat.suggest_request'), user=self.state.user,
+                priority=self.state.priority, model=self.state.model, kind='suggest', lang=i18n.current_language()))
         except jobs.JobError as error:
             self._show_error(job_error_message(error))
             return
