@@ -598,7 +598,8 @@ class Composer:
         if submitted is None:
             return
         self._clear_error()
-        self.input.set_value('')
+        if self.input.value == text:  # text typed while the message was being sent stays in the box
+            self.input.set_value('')
         if submitted.conversation_id != self.state.conversation_id:
             ui.navigate.to(f'/c/{submitted.conversation_id}')
         else:

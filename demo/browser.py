@@ -1,0 +1,135 @@
+"""The browser side of the tour: a real Chromium, and one :class:`User` per browser context."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from PIL import Image
+from playwright.sync_api import Browser, Error, Locator, Page, expect, sync_playwright
+
+from demo import images, script
+from demo.processes import wait_until
+from demo.services import DemoError
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
+                 "--no-first-run", "--disable-component-update", "--disable-sync"]
+NARROW = {"width": 720, "height": 900}  # two of these side by side still read well at 960 px
+WIDE = {"width": 1280, "height": 860}  # sidebar, chat and metrics panel at once
+
+
+def start_browser(stack: contextlib.ExitStack, say: Callable[[str], None]) -> Browser:
+    playwright = stack.enter_context(sync_playwright())
+    executable = find_chromium()
+    try:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+    except Error as error:
+        raise DemoError(f"Chromium ({executable or 'Playwright’s own'}) did not start. Install one "
+                        "(`sudo apt-get install chromium`), set CHROMIUM_PATH, or run "
+                        f"`uv run playwright install chromium`.\n{error}") from None
+    stack.callback(browser.close)
+    say(f"Chromium {browser.version} ({executable or 'Playwright’s own'})")
+    return browser
+
+
+def find_chromium() -> str | None:
+    """CHROMIUM_PATH, then a system Chromium or Chrome (None: Playwright's own download)."""
+    candidates = [os.environ.get("CHROMIUM_PATH"), "/usr/bin/chromium", shutil.which("chromium"),
+                  shutil.which("chromium-browser"), shutil.which("google-chrome")]
+    return next((c for c in candidates if c and Path(c).exists()), None)
+
+
+class User:
+    """One person in their own browser context (so their own anonymous id, history and language)."""
+
+    def __init__(self, name: str, page: Page) -> None:
+        self.name, self.page = name, page
+
+    def open(self) -> None:
+        self.page.goto("/")
+        self.page.get_by_test_id("message-input").wait_for()
+
+    # --- finding things
+
+    def testid(self, testid: str) -> Locator:
+        return self.page.get_by_test_id(testid)
+
+    def message(self, turn: script.Turn) -> Locator:
+        return self.testid("message").filter(has_text=turn.prompt)
+
+    def part(self, turn: script.Turn, testid: str) -> Locator:
+        """One part of a message: queue-position, message-status, answer, attempt, stop-button, message-note."""
+        return self.message(turn).get_by_test_id(testid)
+
+    def on_screen(self, locator: Locator) -> bool:
+        """Inside the window: a closed drawer is still "visible" to Playwright, just moved off the side."""
+        box = locator.bounding_box()
+        return box is not None and box["x"] >= 0 and box["x"] + box["width"] <= self.page.viewport_size["width"] + 1
+
+    # --- doing things
+
+    def send(self, turn: script.Turn) -> None:
+        """Type the prompt and press Enter; return once the message is in the thread and the input is empty.
+
+        Waiting matters: the composer empties the input when the server has taken the message, and would
+        empty a next message typed before that moment along with it.
+        """
+        self.testid("message-input").fill(turn.prompt)
+        self._enter(turn)
+
+    def use_example(self, turn: script.Turn) -> None:
+        """Click one of the empty chat's example prompts (it fills the input), then send it."""
+        self.testid("example-prompt").filter(has_text=turn.prompt).click()
+        expect(self.testid("message-input")).to_have_value(turn.prompt)
+        self._enter(turn)
+
+    def _enter(self, turn: script.Turn) -> None:
+        self.testid("message-input").press("Enter")
+        self.message(turn).last.wait_for()
+        expect(self.testid("message-input")).to_have_value("")
+
+    def set_priority(self, priority: str) -> None:
+        """Choose the priority in the sidebar, sliding it open first when the window is too narrow to dock it."""
+        button = self.testid(f"priority-{priority}")
+        overlay = not self.on_screen(button)
+        if overlay:
+            self.testid("sidebar-toggle").click()
+        button.click()
+        if overlay:  # a click beside the drawer closes it
+            size = self.page.viewport_size
+            self.page.mouse.click(size["width"] - 24, size["height"] // 2)
+            wait_until(lambda: not self.on_screen(button), 10, "the sidebar to close")
+
+    def toggle_language(self, new_chat_label: str) -> None:
+        self.testid("lang-toggle").click()
+        self.testid("new-chat").filter(has_text=new_chat_label).wait_for(state="attached")
+
+    def new_chat(self) -> None:
+        self.testid("new-chat").click()
+        self.testid("chat-empty").wait_for()
+
+    def widen(self) -> None:
+        """A window wide enough for the docked sidebar and the metrics panel (a reload if they did not follow)."""
+        self.page.set_viewport_size(WIDE)
+        time.sleep(0.5)  # the drawers' slide-in
+        if not (self.on_screen(self.testid("metrics-panel")) and self.on_screen(self.testid("new-chat"))):
+            self.page.reload()
+            self.testid("message-input").wait_for()
+            wait_until(lambda: self.on_screen(self.testid("metrics-panel")), 10, "the metrics panel")
+
+    # --- pictures
+
+    def show(self, turn: script.Turn | None = None) -> None:
+        """Bring a message into the middle of the thread (default: its end); move the mouse out of the way."""
+        if turn is None:
+            self.testid("chat-thread").evaluate("thread => thread.scrollTo(0, thread.scrollHeight)")
+        else:
+            self.message(turn).evaluate("message => message.scrollIntoView({block: 'center'})")
+        self.page.mouse.move(self.page.viewport_size["width"] // 2, 28)
+
+    def screenshot(self, testid: str = "") -> Image.Image:
+        return images.load(self.testid(testid).screenshot() if testid else self.page.screenshot())

@@ -1,0 +1,115 @@
+"""The running pieces the tour needs: an LLM server and the app, private to one run of the demo.
+
+Each start function registers the piece's cleanup on the ExitStack it is given *before* starting it, so that
+a failure or a Ctrl-C halfway through a start still stops what was started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from demo.processes import Child, get_json, wait_until
+from tasks.redis_server import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+OFFLINE_MODEL = "qwen3:latest"  # one of the fake's models
+
+Say = Callable[[str], None]
+
+
+class DemoError(Exception):
+    """Something the person running the demo can fix; printed without a traceback."""
+
+
+def ollama_host() -> str:
+    """The LLM server the app would use (OLLAMA_HOST, from the environment or .env)."""
+    from tasks.settings import settings
+
+    return settings.ollama_host.rstrip("/")
+
+
+def check_ollama() -> None:
+    """Fail early and clearly when there is no Ollama, or when it lacks the model the app would use."""
+    from tasks.settings import settings
+
+    host = ollama_host()
+    try:
+        tags = httpx.get(host + "/api/tags", timeout=3).raise_for_status().json()
+    except (httpx.HTTPError, ValueError) as error:
+        raise DemoError(f"Ollama is not reachable at {host} ({error}).\n  Start it (`ollama serve`), point "
+                        "OLLAMA_HOST at one, or run the demo without a real LLM: uv run main.py demo --offline"
+                        ) from None
+    models = {model.get("name") for model in tags.get("models", [])}
+    wanted = settings.ollama_model if ":" in settings.ollama_model else settings.ollama_model + ":latest"
+    if wanted not in models:
+        raise DemoError(f"Ollama at {host} does not have the model {wanted}: `ollama pull {wanted}`, set "
+                        "OLLAMA_MODEL to one it has, or run: uv run main.py demo --offline")
+
+
+def start_fake_llm(workdir: Path, stack: contextlib.ExitStack, say: Say) -> tuple[str, Child]:
+    """The offline LLM (``demo/fake_llm.py``) in its own process, as a real Ollama would be."""
+    port = free_port()
+    llm = Child("the offline LLM", [sys.executable, "-m", "demo.fake_llm", "--port", str(port)], cwd=ROOT,
+                env=child_env(), log=workdir / "llm.log")
+    stack.callback(stop, llm, say)
+    llm.start()
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: get_json(url + "/api/version"), 30, "the offline LLM", llm)
+    say(f"offline LLM (tests/fake_ollama.py with the demo's scripted answers) on {url}")
+    return url, llm
+
+
+def start_app(workdir: Path, llm_url: str, offline: bool, stack: contextlib.ExitStack, say: Say) -> str:
+    """``main.py`` with its embedded Redis and workers, private to this run; returns its URL once it is healthy.
+
+    One LLM call at a time and no start-rate limit: a handful of messages then makes a queue whose positions
+    are visible. The first retry waits 3–6 s, long enough to be seen. Every setting the tour relies on is set
+    here, whatever the environment or .env says.
+    """
+    port = free_port()
+    data = workdir / "data"
+    env = child_env(
+        REDIS_URL="",  # empty, not unset: the embedded Redis, even if the environment or .env names another
+        DATA_DIR=str(data), NICEGUI_STORAGE_PATH=str(data / "sessions"), HOST="127.0.0.1", PORT=str(port),
+        OLLAMA_HOST=llm_url, STORAGE_SECRET=secrets.token_hex(16),
+        QUEUE_CONCURRENCY="1", QUEUE_RATE_PER_MIN="0", API_RATE_PER_MIN="0",
+        WORKER_PROCESSES="1", WORKER_THREADS="4", QUEUE_MAX_RETRIES="3", RETRY_MIN_BACKOFF_MS="3000",
+        RETRY_MAX_BACKOFF_MS="6000")
+    if offline:  # the fake's model, a progress bar sized for its shorter answers, and patience with held ones
+        env.update(OLLAMA_MODEL=OFFLINE_MODEL, EXPECTED_TOKENS="150", LLM_IDLE_TIMEOUT="600",
+                   LLM_FIRST_TOKEN_TIMEOUT="120")
+    app = Child("the app (main.py)", [sys.executable, "main.py"], cwd=ROOT, env=env, log=workdir / "app.log")
+    stack.callback(stop, app, say)
+    say("starting the app: main.py with its own Redis and workers, one LLM call at a time")
+    app.start()
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        health = get_json(url + "/health") or {}
+        return bool(health.get("redis") and health.get("ollama") and health.get("workers"))
+
+    wait_until(healthy, 90, "the app, its workers and the LLM to be up", app)
+    app.note_descendants()  # its Redis and workers, found again at the end even if main.py has died by then
+    say(f"app on {url} (log: {app.log_path})")
+    return url
+
+
+def stop(child: Child, say: Say) -> None:
+    """Stop a child and all it started, saying so: the slow part of a cleanup should not be a silent one."""
+    was_alive, started = child.alive, time.monotonic()
+    child.stop()
+    if was_alive:
+        say(f"stopped {child.name} in {time.monotonic() - started:.1f} s")
+
+
+def child_env(**overrides: str) -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")}
+    return {**env, **overrides}
