@@ -99,7 +99,6 @@ def stats() -> dict:
     high, normal, low, retrying, running, totals, *recent = pipe.execute()
     buckets, waits, ttfts = recent[0::3], recent[1::3], recent[2::3]
     done = {s: int(totals.get(s, 0)) for s in queue.TERMINAL}
-    finished = sum(done.values())
     recent_finished = sum(int(b.get(s, 0)) for b in buckets for s in queue.TERMINAL)
     response_count = int(totals.get("response_count", 0))
     return {
@@ -107,11 +106,17 @@ def stats() -> dict:
         **done, "submitted": int(totals.get("submitted", 0)), "total_requests": int(totals.get("submitted", 0)),
         "workers": workers_online(client), "concurrency": settings.queue_concurrency,
         "avg_response_ms": round(int(totals.get("response_ms_sum", 0)) / response_count) if response_count else 0,
-        "success_rate": round(done["completed"] / finished, 4) if finished else 1.0,
+        "success_rate": success_rate(done),
         "throughput_per_min": round(recent_finished / WINDOW_MINUTES, 2),
         "wait_ms": _percentiles([int(x) for xs in waits for x in xs]),
         "ttft_ms": _percentiles([int(x) for xs in ttfts for x in xs]),
     }
+
+
+def success_rate(done: dict[str, int]) -> float:
+    """Completed out of completed + failed: a user's own Stop is not a failure."""
+    judged = done["completed"] + done["failed"]
+    return round(done["completed"] / judged, 4) if judged else 1.0
 
 
 def _percentiles(values: list[int]) -> dict:

@@ -281,3 +281,4 @@ def test_stream_status_entries_carry_json_snapshots(scripts):
     snapshots = [(e["a"], json.loads(e["d"])) for _, e in jobs.read_stream(job_id) if e["k"] == "status"]
     assert [(a, s["phase"], s["progress"]) for a, s in snapshots] == [
         ("0", "queued", 0), ("1", "starting", 5), ("1", "prompt", 8)]
+
