@@ -582,16 +582,7 @@ class Composer:
         self.sending = True
         self._on_text()
         try:
-            submitted = await run.io_bound(partial(
-                limits.submit_for_user, text, user=self.state.user, priority=self.state.priority,
-                model=self.state.model, conversation_id=self.state.conversation_id, kind='chat',
-                lang=i18n.current_language()))
-        except jobs.JobError as error:
-            self._show_error(job_error_message(error))
-            return
-        except RedisError:
-            self._show_error(i18n.t('error.unavailable'))
-            return
+            submitted = await self._submit(text, conversation_id=self.state.conversation_id, kind='chat')
         finally:
             self.sending = False
             self._on_text()
@@ -604,6 +595,18 @@ class Composer:
             ui.navigate.to(f'/c/{submitted.conversation_id}')
         else:
             self.state.submitted.emit(submitted.job_id)
+
+    async def _submit(self, text: str, **options) -> jobs.Submitted | None:
+        """Submit with this page's user, priority, model and language; refusals are shown, not raised."""
+        try:
+            return await run.io_bound(partial(
+                limits.submit_for_user, text, user=self.state.user, priority=self.state.priority,
+                model=self.state.model, lang=i18n.current_language(), **options))
+        except jobs.JobError as error:
+            self._show_error(job_error_message(error))
+        except RedisError:
+            self._show_error(i18n.t('error.unavailable'))
+        return None
 
     async def _on_enter(self, event) -> None:
         if isinstance(event.args, dict) and event.args.get('isComposing'):
@@ -636,16 +639,7 @@ class Composer:
             with contextlib.suppress(RedisError):
                 await run.io_bound(jobs.cancel, self.suggest_job)
             return
-        try:
-            submitted = await run.io_bound(partial(
-                limits.submit_for_user, i18n.t('chat.suggest_request'), user=self.state.user,
-                priority=self.state.priority, model=self.state.model, kind='suggest', lang=i18n.current_language()))
-        except jobs.JobError as error:
-            self._show_error(job_error_message(error))
-            return
-        except RedisError:
-            self._show_error(i18n.t('error.unavailable'))
-            return
+        submitted = await self._submit(i18n.t('chat.suggest_request'), kind='suggest')
         if submitted is None:
             return
         self.suggest_job = submitted.job_id
