@@ -253,18 +253,3 @@ def find_chromium() -> str | None:
         if candidate and Path(candidate).exists():
             return candidate
     return None
-
-
-@pytest.fixture(scope="session")
-def browser():
-    from playwright.sync_api import Error, sync_playwright
-
-    with sync_playwright() as playwright:
-        try:
-            chromium = playwright.chromium.launch(executable_path=find_chromium(), args=CHROMIUM_ARGS)
-        except Error as error:
-            pytest.fail("No Chromium found for the end-to-end tests. Install one: `sudo apt-get install chromium` "
-                        "(or set CHROMIUM_PATH, or run `uv run playwright install chromium`).\n" + str(error),
-                        pytrace=False)
-        yield chromium
-        chromium.close()

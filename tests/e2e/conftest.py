@@ -8,7 +8,7 @@ import pytest
 import redis
 from playwright.sync_api import BrowserContext, Page, expect
 
-from tests.conftest import App, wait_for
+from tests.conftest import CHROMIUM_ARGS, App, find_chromium, wait_for
 
 expect.set_options(timeout=20_000)
 
@@ -60,3 +60,20 @@ def send(page: Page, text: str) -> None:
 
 def last_message(page: Page):
     return page.get_by_test_id("message").last
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One Chromium per test module. Not per session: Playwright's sync API keeps an event loop running in
+    this thread while it is open, and later tests that call asyncio.run() must not inherit it."""
+    from playwright.sync_api import Error, sync_playwright
+
+    with sync_playwright() as playwright:
+        try:
+            chromium = playwright.chromium.launch(executable_path=find_chromium(), args=CHROMIUM_ARGS)
+        except Error as error:
+            pytest.fail("No Chromium found for the end-to-end tests. Install one: `sudo apt-get install chromium` "
+                        "(or set CHROMIUM_PATH, or run `uv run playwright install chromium`).\n" + str(error),
+                        pytrace=False)
+        yield chromium
+        chromium.close()
