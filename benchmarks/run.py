@@ -166,7 +166,7 @@ def measure_ttft(stack: Stack, app_url: str, sizes: Sizes) -> dict:
             pickup.append((int(raw["started_at"]) - int(raw["created_at"])) / 1000)
             worker.append((int(raw["first_token_at"]) - int(raw["started_at"])) / 1000)
     return {"queued": summarize(queued), "direct": summarize(direct), "pickup": summarize(pickup),
-            "worker": summarize(worker), "client_setup": summarize([timed(httpx.AsyncClient) for _ in range(5)])}
+            "worker": summarize(worker)}
 
 
 def ttft_section(f: dict, sizes: Sizes) -> Section:
@@ -192,10 +192,10 @@ chunk appended).
 
 *Pickup*: an idle Dramatiq Redis consumer polls with an exponential back-off capped by `worker_timeout`;
 `main.py` sets `dramatiq_worker_timeout=20` (`tasks.broker.worker_environment`), so each idle sleep is 10–20 ms
-and a ticket waits for the next poll of one of the two consumers. *Worker*: every job builds a new
-`OllamaClient`, that is a new `httpx.AsyncClient`, whose default SSL context (the CA bundle, loaded even for an
-`http://` LLM) alone took {fmt_ms(f["client_setup"].p50)} to build (median of 5, built in the benchmark process);
-then it asks `/api/ps` and opens a new connection for `/api/chat`.
+and a ticket waits for the next poll of one of the two consumers. *Worker*: the job's record and conversation
+are read, its phase is recorded, then `/api/chat` goes out over the worker's shared connection pool (one per
+event loop; `/api/ps` is cached for 5 s) and the first chunk is appended to the job's Stream. The SSE side adds
+its own Redis round trips (the stream read and the job JSON of each status event).
 """
     return Section("a. Queue overhead on time to first token", body)
 
@@ -258,10 +258,9 @@ baseline runs with the same processes, threads, Redis and worker environment (`w
         ["bare Dramatiq no-op messages/s", f"{n.p50:.0f}", spread(noop), "1.00×"]])}
 
 A queuechat job is several Redis round trips more than a Dramatiq message (submit Lua, ticket, admission Lua,
-job read, phase and token appends, finish Lua, metrics pipeline) plus two HTTP calls to the LLM
-(`/api/ps` and `/api/chat`, a new connection each time) and, above all on 2 cores, the CPU of building a new
-`httpx.AsyncClient` with its SSL context for every job (see a). On this machine the fake LLM also shares a
-process with the submitting loop.
+job read, phase and token appends, finish Lua, metrics pipeline) plus the HTTP call to the LLM
+(over a pooled connection) and the Python work of two processes per job on 2 cores. On this machine the fake
+LLM also shares a process with the submitting loop.
 """
     return Section("b. Pipeline throughput", body)
 
