@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import Error as PlaywrightError
 
 from benchmarks.harness import (
@@ -411,7 +412,10 @@ def open_pages(browser, url: str, pages: int, contexts: int) -> tuple[list, list
     opened = []
     for index in range(pages):
         page = opened_contexts[index % contexts].new_page()
-        page.goto(url + "/", wait_until="commit")
+        try:
+            page.goto(url + "/", wait_until="commit", timeout=120_000)
+        except PlaywrightTimeout:
+            log(f"page {index + 1} did not load in time; it counts as not live")
         opened.append(page)
     return opened_contexts, opened
 
