@@ -38,6 +38,7 @@ from tasks import connection
 from tasks.broker import worker_environment
 from tasks.redis_server import RedisServer, free_port
 from tasks.settings import settings
+from tests.conftest import wait_for
 from tests.fake_ollama import FakeOllama
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -216,17 +217,6 @@ class Workers(Child):
 
         wait_for(ready, timeout, f"{self.processes} worker processes")
         return self
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    """Poll ``predicate`` until it is truthy; raise after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 # --- the fake LLM, with a clock on the wire ---------------------------------------------------------------

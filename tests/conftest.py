@@ -155,7 +155,7 @@ def workers(env, tmp_path) -> Iterator[Workers]:
     pool.stop()
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 20, interval: float = 0.05, what: str = ""):
+def wait_for(predicate: Callable[[], object], timeout: float = 20, what: str = "", interval: float = 0.05):
     """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
