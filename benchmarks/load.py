@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import heapq
-import json
 import queue as queues
 import random
 import sys
@@ -40,8 +39,6 @@ from pathlib import Path
 import httpx
 
 from benchmarks.harness import (
-    ROOT,
-    PeakMemory,
     Stack,
     command_line,
     exit_code,
@@ -50,12 +47,14 @@ from benchmarks.harness import (
     log_problems,
     machine,
     now_utc,
-    sse_events,
     summarize,
     table,
     time_bound,
-    wait_for,
 )
+from devtools import sse
+from devtools.figures import PeakMemory
+from devtools.processes import ROOT
+from devtools.waiting import wait_for
 from tasks import queue
 
 REPORT = ROOT / "docs" / "load.md"
@@ -153,18 +152,17 @@ class Watcher(threading.Thread):
     def follow(self, http: httpx.Client, job_id: str) -> Watched:
         watched, last_id, tokens = Watched(job_id, connected_ms=int(time.time() * 1000)), "", []
         try:
-            with http.stream("GET", f"/stream/status/{job_id}") as response:
-                for event in sse_events(response):
-                    if event.id is not None and last_id and entry_key(event.id) < entry_key(last_id):
-                        watched.ids_increasing = False
-                    last_id = event.id or last_id
-                    if event.event == "reset":
-                        tokens = []
-                    elif event.event == "token":
-                        tokens.append(json.loads(event.data)["text"])
-                    elif event.event == "done":
-                        watched.done_events += 1
-                        watched.final = json.loads(event.data)
+            for event in sse.events(http, f"/stream/status/{job_id}", timeout=http.timeout):
+                if event.id is not None and last_id and entry_key(event.id) < entry_key(last_id):
+                    watched.ids_increasing = False
+                last_id = event.id or last_id
+                if event.event == "reset":
+                    tokens = []
+                elif event.event == "token":
+                    tokens.append(event.data["text"])
+                elif event.event == "done":
+                    watched.done_events += 1
+                    watched.final = event.data
         except httpx.HTTPError as error:
             watched.error = repr(error)
         watched.answer = "".join(tokens)
@@ -403,7 +401,7 @@ def render(result: dict, records: dict[str, dict], checks: list[Check], memory: 
 Python {info['python']}. **Load average** (1/5/15 min): {load_before} before, {load_after} after.
 
 **Set-up** (private, loopback, started by the script): `redis-server` on a free port in a temporary folder; the
-fake LLM (`tests/fake_ollama.py`) answering {TOKENS} tokens {TOKEN_DELAY_S * 1000:g} ms apart; `main.py --no-workers`;
+fake LLM (`devtools/fake_llm`) answering {TOKENS} tokens {TOKEN_DELAY_S * 1000:g} ms apart; `main.py --no-workers`;
 `dramatiq tasks.actors --processes 2 --threads 8` with `main.py`'s worker environment
 (`dramatiq_queue_prefetch=8`, `dramatiq_worker_timeout=20`); `QUEUE_CONCURRENCY=3`, `QUEUE_RATE_PER_MIN=0`,
 `API_RATE_PER_MIN=0`. {count} jobs, priorities drawn uniformly from high/normal/low, were sent with
@@ -425,7 +423,7 @@ Wait = `started_at` − `created_at` (admission), per priority, jobs that were a
 {table(["priority", "jobs", "admitted", "p50 wait", "p95 wait", "max wait"], waits_by_priority(records))}
 
 The submission is a burst, so the queue is deep at once and high-priority jobs overtake everything that waits;
-low-priority jobs wait for almost the whole run. Memory is VmRSS from `/proc`, sampled every second.
+low-priority jobs wait for almost the whole run. Memory is the resident set size (psutil), sampled every second.
 """
 
 
@@ -444,12 +442,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     load_before = load_average()
     with time_bound(args.bound), Stack("load", **SETTINGS, QUEUE_MAX_WAITING=str(args.jobs + 100)) as stack:
-        app = stack.start_app()
+        app = stack.start_app("--no-workers")
         with stack.workers(processes=2, threads=8) as workers:
             log(f"app on {app.url}, 2 worker processes × 8 threads; {args.jobs} jobs")
             with PeakMemory(app=app.pid, workers=workers.pid) as memory:
                 result = drive(stack, app.url, args.jobs, args.seed, bound_s=args.bound)
-            logs = {"app": app.log_text(), "workers": workers.log_text()}
+            logs = {"app": app.output(), "workers": workers.output()}
         records = read_jobs(stack, result["sent"])
         checks = run_checks(result, records, logs)
         stack.keep_logs = not all(check.ok for check in checks)  # the logs and Redis data, to look into

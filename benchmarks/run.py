@@ -9,7 +9,8 @@ c. streaming: how far the browser (and an SSE client) lag behind the LLM's last 
 d. fan-out: app CPU and memory with 100 browser pages watching the metrics while 10 answers stream
 e. queue scale: submit and position reads with 10,000 jobs waiting vs 10
 
-Everything runs on loopback in a private stack (:mod:`benchmarks.harness`): nothing of the user's is touched.
+Everything runs on loopback in a private stack (:mod:`devtools.stack`, with a clock on the fake LLM's wire from
+:mod:`benchmarks.harness`): nothing of the user's is touched.
 Each phase starts from an empty Redis. The fake LLM runs in this process, so its clock is the LLM's clock.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import math
 import sys
 import threading
@@ -25,18 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from benchmarks.harness import (
-    ROOT,
-    App,
+    BareWorkers,
     Stack,
-    chromium,
     command_line,
-    cpu_percent,
-    descendants_pss,
-    established_connections,
     exit_code,
     fmt_mb,
     fmt_ms,
@@ -45,16 +42,19 @@ from benchmarks.harness import (
     machine,
     now_utc,
     ratio,
-    rss_bytes,
-    sse_events,
     summarize,
     table,
     time_bound,
-    wait_for,
 )
+from devtools import sse
+from devtools.browser import chromium
+from devtools.fake_llm import Reply
+from devtools.figures import cpu_percent, descendants_pss, established_connections, rss_bytes
+from devtools.processes import ROOT
+from devtools.stack import App
+from devtools.waiting import wait_for
 from tasks import jobs, queue
 from tasks.settings import settings
-from tests.fake_ollama import Reply
 
 REPORT = ROOT / "docs" / "benchmarks.md"
 MARKER = "ENDMARK"
@@ -125,8 +125,8 @@ def first_token_via_queue(http: httpx.Client, message: str) -> tuple[float, str]
     """Seconds from ``POST /api/chat`` to the first ``event: token`` on the job's SSE stream."""
     start = time.perf_counter()
     job_id = http.post("/api/chat", json={"message": message, "priority": "high"}).raise_for_status().json()["job_id"]
-    with http.stream("GET", f"/stream/status/{job_id}") as response:
-        for event in sse_events(response):
+    with contextlib.closing(sse.events(http, f"/stream/status/{job_id}")) as events:
+        for event in events:
             if event.event == "token":
                 return time.perf_counter() - start, job_id
     raise RuntimeError(f"job {job_id} ended without a token")
@@ -296,9 +296,9 @@ class SseWatcher(threading.Thread):
 
     def run(self) -> None:
         try:
-            with httpx.stream("GET", self.url, timeout=60) as response:
-                for event in sse_events(response):
-                    if event.event == "token" and MARKER in event.data:
+            with httpx.Client(timeout=60) as client:
+                for event in sse.events(client, self.url, timeout=60):
+                    if event.event == "token" and MARKER in event.data["text"]:
                         self.marker_at = time.time()
                     if event.event == "done":
                         return
@@ -312,12 +312,12 @@ def long_reply(stack: Stack, tokens: int) -> None:
     stack.fake.script(Reply(tokens=[f"w{i} " for i in range(tokens - 1)] + [MARKER], token_delay=TOKEN_DELAY_S))
 
 
-def lags(stack: Stack, sse: SseWatcher, shown_at: float) -> dict:
-    sse.join(30)
-    if sse.error or sse.marker_at is None:
-        raise RuntimeError(f"the SSE reference client did not see the last token: {sse.error}")
+def lags(stack: Stack, watcher: SseWatcher, shown_at: float) -> dict:
+    watcher.join(30)
+    if watcher.error or watcher.marker_at is None:
+        raise RuntimeError(f"the SSE reference client did not see the last token: {watcher.error}")
     sent_at, first_at = stack.clock.marker_sent[-1], stack.clock.first_chunk[-1]
-    return {"browser": shown_at - sent_at, "sse": sse.marker_at - sent_at, "llm_duration": sent_at - first_at}
+    return {"browser": shown_at - sent_at, "sse": watcher.marker_at - sent_at, "llm_duration": sent_at - first_at}
 
 
 def stream_in_browser(browser, stack: Stack, app_url: str, tokens: int) -> dict:
@@ -334,14 +334,14 @@ def stream_in_browser(browser, stack: Stack, app_url: str, tokens: int) -> dict:
         box.press("Enter")
         message = page.locator("[data-testid=message][data-job-id]").last
         message.wait_for(timeout=30_000)
-        sse = SseWatcher(app_url, message.get_attribute("data-job-id"))
-        sse.start()
+        watcher = SseWatcher(app_url, message.get_attribute("data-job-id"))
+        watcher.start()
         page.wait_for_function("window.__endmark !== null", timeout=(tokens * TOKEN_DELAY_S + 60) * 1000,
                                polling=50)
         shown_at = page.evaluate("window.__endmark") / 1000
     finally:
         context.close()
-    return lags(stack, sse, shown_at)
+    return lags(stack, watcher, shown_at)
 
 
 def stream_over_sse(stack: Stack, app_url: str, tokens: int) -> dict:
@@ -349,10 +349,10 @@ def stream_over_sse(stack: Stack, app_url: str, tokens: int) -> dict:
     long_reply(stack, tokens)
     job_id = httpx.post(app_url + "/api/chat", json={"message": f"benchmark: stream {tokens} tokens"},
                         timeout=30).raise_for_status().json()["job_id"]
-    sse = SseWatcher(app_url, job_id)
-    sse.start()
-    sse.join(tokens * TOKEN_DELAY_S + 60)
-    return {**lags(stack, sse, math.nan), "browser": math.nan}
+    watcher = SseWatcher(app_url, job_id)
+    watcher.start()
+    watcher.join(tokens * TOKEN_DELAY_S + 60)
+    return {**lags(stack, watcher, math.nan), "browser": math.nan}
 
 
 def measure_streaming(browser, stack: Stack, app_url: str, sizes: Sizes) -> dict:
@@ -484,8 +484,8 @@ in {sizes.fanout_contexts} browser contexts (each its own user). {f['live']} of 
 (opened in {f['open_s']:.0f} s; {f['connections']} TCP connections open on the app's port). Then 10 answers were
 submitted through the API, each {TOKEN_DELAY_S * 1000:g} ms per token for longer than the window
 ({f['running_after']} still running at the end of it). App process (`main.py`, one process: NiceGUI, API and
-the Redis listener) CPU in % of one core over {sizes.fanout_window_s:g} s windows, from `/proc/<pid>/stat`; memory
-is VmRSS from `/proc/<pid>/status` at the end of the window.
+the Redis listener) CPU in % of one core over {sizes.fanout_window_s:g} s windows (psutil's `cpu_times`); memory
+is its resident set size at the end of the window.
 
 {table(["", "app CPU", "ratio", "app RSS", "ratio"], rows)}
 
@@ -588,7 +588,7 @@ def run(sizes: Sizes) -> list[Section]:
 
     with Stack("run", QUEUE_CONCURRENCY="16", QUEUE_MAX_WAITING=str(sizes.scale_waiting + 1000)) as stack:
         log(f"private Redis on {stack.redis_server.url}, fake LLM on {stack.fake.url}")
-        app = stack.start_app()
+        app = stack.start_app("--no-workers")
         browser = stack.enter(chromium())
         log(f"app on {app.url}")
         with stack.workers(processes=2, threads=8):
@@ -598,7 +598,7 @@ def run(sizes: Sizes) -> list[Section]:
             done("c", streaming_section(measure_streaming(browser, stack, app.url, sizes), sizes))
             log("b. pipeline throughput")
             pipeline = measure_pipeline(stack, sizes)
-        with stack.workers("benchmarks.noop_actor", processes=2, threads=8):
+        with stack.workers(processes=2, threads=8, kind=BareWorkers):
             log("b. bare Dramatiq no-op baseline")
             done("b", throughput_section(pipeline, measure_noop(stack, sizes), sizes))
         with stack.workers(processes=2, threads=8):
@@ -606,7 +606,7 @@ def run(sizes: Sizes) -> list[Section]:
             done("d", fanout_section(measure_fanout(browser, stack, app, sizes, budget), sizes))
         log(f"e. queue scale: 10 vs {sizes.scale_waiting:,} waiting (no workers)")
         done("e", scale_section(measure_scale(stack, app.url, sizes), sizes))
-        problems = log_problems(app.log_text())
+        problems = log_problems(app.output())
     if problems:
         sections["z"] = problems_section(problems)
     return [sections[key] for key in sorted(sections)]
@@ -637,7 +637,7 @@ Python {info['python']}. **Load average** (1/5/15 min): {load_before} before, {l
 on the machine shares these cores, so compare figures within one run (each has its baseline next to it).
 
 Everything ran on loopback in a private stack started by the script: the embedded `redis-server` on a free port
-in a temporary folder, the fake LLM (`tests/fake_ollama.py`) in the benchmark process, `main.py --no-workers`
+in a temporary folder, the fake LLM (`devtools/fake_llm`) in the benchmark process, `main.py --no-workers`
 and the `dramatiq` CLI as subprocesses, the workers with the environment `main.py` gives them
 (`tasks.broker.worker_environment`: `dramatiq_queue_prefetch` = threads, `dramatiq_worker_timeout=20`).
 Percentiles: median, and the nearest-rank 95th percentile. Ratios are queuechat ÷ baseline.

@@ -3,44 +3,28 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from PIL import Image
-from playwright.sync_api import Browser, Error, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from demo import images, script
-from demo.processes import wait_until
 from demo.services import DemoError
+from devtools.browser import ChromiumMissing, chromium, find_chromium
+from devtools.waiting import wait_for
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-                 "--no-first-run", "--disable-component-update", "--disable-sync"]
 NARROW = {"width": 720, "height": 900}  # two of these side by side still read well at 960 px
 WIDE = {"width": 1280, "height": 860}  # sidebar, chat and metrics panel at once
 
 
 def start_browser(stack: contextlib.ExitStack, say: Callable[[str], None]) -> Browser:
-    playwright = stack.enter_context(sync_playwright())
-    executable = find_chromium()
     try:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-    except Error as error:
-        raise DemoError(f"Chromium ({executable or 'Playwright’s own'}) did not start. Install one "
-                        "(`sudo apt-get install chromium`), set CHROMIUM_PATH, or run "
-                        f"`uv run playwright install chromium`.\n{error}") from None
-    stack.callback(browser.close)
-    say(f"Chromium {browser.version} ({executable or 'Playwright’s own'})")
+        browser = stack.enter_context(chromium())
+    except ChromiumMissing as error:
+        raise DemoError(str(error)) from None
+    say(f"Chromium {browser.version} ({find_chromium()})")
     return browser
-
-
-def find_chromium() -> str | None:
-    """CHROMIUM_PATH, then a system Chromium or Chrome (None: Playwright's own download)."""
-    candidates = [os.environ.get("CHROMIUM_PATH"), "/usr/bin/chromium", shutil.which("chromium"),
-                  shutil.which("chromium-browser"), shutil.which("google-chrome")]
-    return next((c for c in candidates if c and Path(c).exists()), None)
 
 
 class User:
@@ -102,7 +86,7 @@ class User:
         if overlay:  # a click beside the drawer closes it
             size = self.page.viewport_size
             self.page.mouse.click(size["width"] - 24, size["height"] // 2)
-            wait_until(lambda: not self.on_screen(button), 10, "the sidebar to close")
+            wait_for(lambda: not self.on_screen(button), 10, "the sidebar to close")
 
     def toggle_language(self, new_chat_label: str) -> None:
         self.testid("lang-toggle").click()
@@ -119,7 +103,7 @@ class User:
         if not (self.on_screen(self.testid("metrics-panel")) and self.on_screen(self.testid("new-chat"))):
             self.page.reload()
             self.testid("message-input").wait_for()
-            wait_until(lambda: self.on_screen(self.testid("metrics-panel")), 10, "the metrics panel")
+            wait_for(lambda: self.on_screen(self.testid("metrics-panel")), 10, "the metrics panel")
 
     # --- pictures
 

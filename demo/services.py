@@ -1,13 +1,13 @@
 """The running pieces the tour needs: an LLM server and the app, private to one run of the demo.
 
 Each start function registers the piece's cleanup on the ExitStack it is given *before* starting it, so that
-a failure or a Ctrl-C halfway through a start still stops what was started.
+a failure or a Ctrl-C halfway through a start still stops what was started. The pieces are devtools children:
+they die with the demo however it ends, and stopping one stops everything it started.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import sys
 import time
@@ -16,13 +16,16 @@ from pathlib import Path
 
 import httpx
 
-from demo.processes import Child, get_json, wait_until
+from devtools.processes import ROOT, Child, clean_environ
+from devtools.stack import App
+from devtools.waiting import wait_for
 from tasks.redis_server import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 OFFLINE_MODEL = "qwen3:latest"  # one of the fake's models
 
 Say = Callable[[str], None]
+
+__all__ = ["ROOT", "DemoError", "check_ollama", "ollama_host", "start_app", "start_fake_llm", "stop"]
 
 
 class DemoError(Exception):
@@ -57,13 +60,20 @@ def check_ollama() -> None:
 def start_fake_llm(workdir: Path, stack: contextlib.ExitStack, say: Say) -> tuple[str, Child]:
     """The offline LLM (``demo/fake_llm.py``) in its own process, as a real Ollama would be."""
     port = free_port()
-    llm = Child("the offline LLM", [sys.executable, "-m", "demo.fake_llm", "--port", str(port)], cwd=ROOT,
-                env=child_env(), log=workdir / "llm.log")
+    llm = Child("the offline LLM", [sys.executable, "-m", "demo.fake_llm", "--port", str(port)], env=clean_environ(),
+                log_path=workdir / "llm.log")
     stack.callback(stop, llm, say)
     llm.start()
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: get_json(url + "/api/version"), 30, "the offline LLM", llm)
-    say(f"offline LLM (tests/fake_ollama.py with the demo's scripted answers) on {url}")
+
+    def answers() -> bool:
+        llm.check_alive()
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(url + "/api/version", timeout=2).is_success
+        return False
+
+    wait_for(answers, timeout=30, interval=0.2, what="the offline LLM")
+    say(f"offline LLM (devtools' fake LLM with the demo's scripted answers) on {url}")
     return url, llm
 
 
@@ -74,11 +84,10 @@ def start_app(workdir: Path, llm_url: str, offline: bool, stack: contextlib.Exit
     are visible. The first retry waits 3–6 s, long enough to be seen. Every setting the tour relies on is set
     here, whatever the environment or .env says.
     """
-    port = free_port()
     data = workdir / "data"
-    env = child_env(
+    env = clean_environ(
         REDIS_URL="",  # empty, not unset: the embedded Redis, even if the environment or .env names another
-        DATA_DIR=str(data), NICEGUI_STORAGE_PATH=str(data / "sessions"), HOST="127.0.0.1", PORT=str(port),
+        DATA_DIR=str(data), NICEGUI_STORAGE_PATH=str(data / "sessions"), HOST="127.0.0.1",
         OLLAMA_HOST=llm_url, STORAGE_SECRET=secrets.token_hex(16),
         QUEUE_CONCURRENCY="1", QUEUE_RATE_PER_MIN="0", API_RATE_PER_MIN="0",
         WORKER_PROCESSES="1", WORKER_THREADS="4", QUEUE_MAX_RETRIES="3", RETRY_MIN_BACKOFF_MS="3000",
@@ -86,30 +95,26 @@ def start_app(workdir: Path, llm_url: str, offline: bool, stack: contextlib.Exit
     if offline:  # the fake's model, a progress bar sized for its shorter answers, and patience with held ones
         env.update(OLLAMA_MODEL=OFFLINE_MODEL, EXPECTED_TOKENS="150", LLM_IDLE_TIMEOUT="600",
                    LLM_FIRST_TOKEN_TIMEOUT="120")
-    app = Child("the app (main.py)", [sys.executable, "main.py"], cwd=ROOT, env=env, log=workdir / "app.log")
+    app = App(env, workdir)
+    app.name = "the app (main.py)"
     stack.callback(stop, app, say)
     say("starting the app: main.py with its own Redis and workers, one LLM call at a time")
     app.start()
-    url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:
-        health = get_json(url + "/health") or {}
+        app.check_alive()
+        health = app.health()
         return bool(health.get("redis") and health.get("ollama") and health.get("workers"))
 
-    wait_until(healthy, 90, "the app, its workers and the LLM to be up", app)
+    wait_for(healthy, timeout=90, interval=0.2, what="the app, its workers and the LLM to be up")
     app.note_descendants()  # its Redis and workers, found again at the end even if main.py has died by then
-    say(f"app on {url} (log: {app.log_path})")
-    return url
+    say(f"app on {app.url} (log: {app.log_path})")
+    return app.url
 
 
 def stop(child: Child, say: Say) -> None:
     """Stop a child and all it started, saying so: the slow part of a cleanup should not be a silent one."""
     was_alive, started = child.alive, time.monotonic()
-    child.stop()
+    child.stop(timeout=25)
     if was_alive:
         say(f"stopped {child.name} in {time.monotonic() - started:.1f} s")
-
-
-def child_env(**overrides: str) -> dict[str, str]:
-    env = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_")}
-    return {**env, **overrides}

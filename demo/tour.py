@@ -1,7 +1,7 @@
 """The scripted demo: queuechat in a real Chromium, two users side by side, every feature in turn.
 
     uv run main.py demo             # against Ollama at OLLAMA_HOST (its default model must be pulled)
-    uv run main.py demo --offline   # against the fake LLM of the tests, with scripted answers (~2 minutes)
+    uv run main.py demo --offline   # against devtools' fake LLM, with scripted answers (~2 minutes)
 
 It starts the app exactly as a user does (``main.py``: embedded Redis, supervised workers), but in a temporary
 folder, so the Redis, the sessions and the history are private and thrown away afterwards. The queue admits
@@ -35,7 +35,7 @@ INJECTED_ERROR = {"status": 503, "error": "server busy, please try again.  maxim
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="main.py demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--offline", action="store_true",
-                        help="use the fake LLM of the tests with scripted answers instead of Ollama")
+                        help="use devtools' fake LLM with scripted answers instead of Ollama")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"where the screenshots and the animation go (default: {DEFAULT_OUT.relative_to(ROOT)})")
     return parser.parse_args(argv)
@@ -338,10 +338,10 @@ class Tour:
         if not self.offline:
             self.say("  skipped: a real LLM cannot be told to fail (run with --offline to see the retry)")
             return
-        httpx.post(self.llm_url + "/_fake/script", json=INJECTED_ERROR, timeout=5).raise_for_status()
+        httpx.post(self.llm_url + "/_demo/script", json=INJECTED_ERROR, timeout=5).raise_for_status()
         alice.send(script.BACKOFF)
         self.see("the retry to be announced", alice.part(script.BACKOFF, "queue-position"),
-                 "The LLM failed; attempt 2 starts shortly")
+                 "The LLM failed; attempt 2 starts", contains=True)
         self.shoot_alice("llm-error-retry", "The LLM server answers HTTP 503: the message waits for a retry")
         self.see("attempt 2", alice.part(script.BACKOFF, "attempt"), "Attempt 2")
         self.see_answer("attempt 2 to stream", alice, script.BACKOFF, "room to recover")

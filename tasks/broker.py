@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import (AgeLimit, AsyncIO, Callbacks, CurrentMessage, Pipelines, Retries,
-                                 ShutdownNotifications, TimeLimit)
+from dramatiq.middleware import AsyncIO, Retries, TimeLimit
 
 from tasks.connection import redis_url
+from tasks.retries import JobRetries, retry_when
 from tasks.settings import settings
 
 QUEUE_NAME = "queuechat"
@@ -24,13 +24,6 @@ MAINTENANCE_CHANCE = 100_000
 _broker: RedisBroker | None = None
 
 
-def is_transient(retries: int, exception: BaseException) -> bool:
-    """Dramatiq's ``retry_when``: only errors that may pass are retried, up to QUEUE_MAX_RETRIES."""
-    from tasks.llm import TransientLLMError
-
-    return retries < settings.queue_max_retries and isinstance(exception, TransientLLMError)
-
-
 def get_broker() -> RedisBroker:
     """Create (once) and install the broker. Importing the actors calls this first."""
     global _broker
@@ -38,10 +31,8 @@ def get_broker() -> RedisBroker:
         _broker = RedisBroker(
             url=redis_url(), namespace=NAMESPACE, heartbeat_timeout=settings.heartbeat_timeout_ms,
             maintenance_chance=MAINTENANCE_CHANCE,
-            middleware=[AgeLimit(), TimeLimit(), ShutdownNotifications(), Callbacks(), Pipelines(),
-                        Retries(min_backoff=settings.retry_min_backoff_ms, max_backoff=settings.retry_max_backoff_ms,
-                                retry_when=is_transient),
-                        AsyncIO(), CurrentMessage()],
+            # JobRetries after Retries: ``after_`` hooks run in reverse, and it sets the delay Retries uses.
+            middleware=[TimeLimit(), Retries(retry_when=retry_when), JobRetries(), AsyncIO()],
         )
         _broker.declare_queue(QUEUE_NAME)
         dramatiq.set_broker(_broker)
@@ -53,10 +44,11 @@ def worker_environment(threads: int) -> dict[str, str]:
 
     * ``dramatiq_queue_prefetch`` = threads: a process takes no more tickets than it can run, so one busy
       process can't sit on tickets while another is idle.
-    * ``dramatiq_worker_timeout`` = 20 ms: idle consumers poll this often, so a new ticket is picked up
-      within ~10 ms on average instead of Dramatiq's default back-off of up to a second.
+    * ``dramatiq_worker_timeout`` = 500 ms: how often an idle consumer asks Dramatiq for tickets. A new job
+      does not wait for that: the standby ticket of some process admits it at once (tasks/actors.py), and an
+      idle worker costs next to nothing.
     """
-    return {"dramatiq_queue_prefetch": str(threads), "dramatiq_worker_timeout": "20"}
+    return {"dramatiq_queue_prefetch": str(threads), "dramatiq_worker_timeout": "500"}
 
 
 def send_tickets(count: int) -> None:

@@ -1,6 +1,8 @@
 """Redis connections, one pool per process and per kind (sync for the API, asyncio for actors and the bus).
 
-Connections are made lazily so that `main.py` and the tests can decide the URL before first use.
+Connections are made lazily so that `main.py` and the tests can decide the URL before first use. Every socket
+has a timeout (redis-py has none by default): a worker whose link to Redis went silent must notice within a
+fraction of its lease, so that it stops its LLM call before the job is handed to someone else.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from redis.retry import Retry
 
 from tasks.settings import settings
 
-KEY_PREFIX = "qc:"
-
 _sync: redis.Redis | None = None
 _async: dict[int, aioredis.Redis] = {}
 
@@ -25,10 +25,21 @@ def redis_url() -> str:
     return settings.redis_url
 
 
+def socket_timeout() -> float:
+    """Seconds a Redis read may take: a third of a lease (at least 1 s, at most 5 s). Blocking commands wait
+    at most half of it (:func:`block_seconds`)."""
+    return max(1.0, min(5.0, settings.lease_ttl_ms / 3000))
+
+
+def block_seconds() -> float:
+    """The longest a blocking read (BLPOP, XREAD BLOCK) may ask Redis to wait."""
+    return socket_timeout() / 2
+
+
 def _options(retry_class=Retry) -> dict:
     """Short timeouts and a few quick retries: a restarting Redis is waited for, a dead one is reported."""
-    return dict(decode_responses=True, socket_connect_timeout=2, health_check_interval=10,
-                retry=retry_class(ExponentialBackoff(cap=1.0, base=0.05), 3),
+    return dict(decode_responses=True, socket_connect_timeout=2, socket_timeout=socket_timeout(),
+                health_check_interval=10, retry=retry_class(ExponentialBackoff(cap=1.0, base=0.05), 3),
                 retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 

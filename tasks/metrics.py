@@ -1,63 +1,22 @@
 """Figures about the queue, kept in Redis in one-minute buckets so that they survive restarts of the app.
 
-Written once per job when it ends (:func:`record_finish`), read by ``/api/queue/stats``, the metrics
-cards and chart, and exported to Prometheus by :class:`PrometheusCollector`.
+The buckets are written by the Lua step that ends a job (``end_job`` in ``tasks/lua/prelude.lua``), in the same
+step, so the figures always agree with the records. Read here by ``/api/queue/stats``, the metrics cards and
+chart, and exported to Prometheus by :class:`PrometheusCollector`.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from tasks import queue
-from tasks.connection import KEY_PREFIX, get_redis
-from tasks.settings import settings
+from tasks import keys, queue
+from tasks.connection import get_redis
+from tasks.store import sync_store
 
-SERVICE_TIMES = KEY_PREFIX + "service_ms"  # the last 50 LLM call durations, for the ETA
-WORKERS = KEY_PREFIX + "workers"           # worker id -> last heartbeat (ms)
-BUCKET_TTL = 2 * 86400
 SERIES_MINUTES = 30
 WINDOW_MINUTES = 5                         # throughput and percentiles look this far back
-
-
-def bucket_key(minute: int) -> str:
-    return f"{KEY_PREFIX}m:{minute}"
-
-
-def samples_key(kind: str, minute: int) -> str:
-    return f"{KEY_PREFIX}m:{kind}:{minute}"
-
-
-def record_finish(raw: dict) -> None:
-    """Bucket the figures of a job that just ended (called once per job, by whoever ended it).
-
-    The totals by status are counted by the Lua step that ended the job (see :mod:`tasks.queue`)."""
-    status, kind = raw["status"], raw.get("kind", "chat")
-    created, started = _ms(raw.get("created_at")), _ms(raw.get("started_at"))
-    finished, first = _ms(raw.get("finished_at")), _ms(raw.get("first_token_at"))
-    minute = (finished or created) // 60000
-    pipe = get_redis().pipeline(transaction=False)
-    pipe.hincrby(bucket_key(minute), status, 1)
-    if status == "completed" and kind == "chat":
-        pipe.hincrby(queue.TOTALS, "response_ms_sum", finished - created)
-        pipe.hincrby(queue.TOTALS, "response_count", 1)
-        pipe.hincrby(bucket_key(minute), "response_ms_sum", finished - created)
-        pipe.lpush(SERVICE_TIMES, finished - started)
-        pipe.ltrim(SERVICE_TIMES, 0, 49)
-    if started:
-        pipe.rpush(samples_key("wait", minute), started - created)
-        pipe.expire(samples_key("wait", minute), BUCKET_TTL)
-    if first:
-        pipe.rpush(samples_key("ttft", minute), first - created)
-        pipe.expire(samples_key("ttft", minute), BUCKET_TTL)
-    pipe.expire(bucket_key(minute), BUCKET_TTL)
-    pipe.execute()
-
-
-def _ms(value: str | None) -> int:
-    return int(value) if value else 0
 
 
 def now_minute(client) -> int:
@@ -65,20 +24,12 @@ def now_minute(client) -> int:
     return int(seconds) // 60
 
 
-def workers_online(client) -> int:
-    seconds, micros = client.time()
-    return client.zcount(WORKERS, seconds * 1000 + micros // 1000 - 5000, "+inf")
-
-
-def eta_seconds(position: int | None) -> int | None:
-    """Seconds until a waiting job starts: rounds of work ahead of it, each a recent average service time."""
-    if position is None:
-        return None
-    recent = [int(x) for x in get_redis().lrange(SERVICE_TIMES, 0, -1)]
-    service_s = statistics.median(recent) / 1000 if recent else 10.0
-    by_slots = math.floor(position / settings.queue_concurrency + 1) * service_s
-    by_rate = (position + 1) * 60 / settings.queue_rate_per_min if settings.queue_rate_per_min else 0
-    return round(max(by_slots, by_rate))
+def workers_online(client):
+    """Worker processes whose heartbeat is under 5 s old (an awaitable on an asyncio client)."""
+    script = client.register_script(
+        "local t = redis.call('TIME') return redis.call('ZCOUNT', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000) "
+        "- 5000, '+inf')")
+    return script(keys=[keys.WORKERS])
 
 
 def stats() -> dict:
@@ -87,16 +38,16 @@ def stats() -> dict:
     minute = now_minute(client)
     pipe = client.pipeline(transaction=False)
     for level in queue.PRIORITY_LEVELS.values():
-        low, high = level * 10**12, (level + 1) * 10**12 - 1
-        pipe.zcount(queue.WAITING, low, high)
-    pipe.zcard(queue.DELAYED)
-    pipe.zcard(queue.LEASES)
-    pipe.hgetall(queue.TOTALS)
+        pipe.zcount(keys.WAITING, *queue.level_range(level))
+    pipe.zcard(keys.BACKOFF)
+    pipe.zcard(keys.LEASES)
+    pipe.hgetall(keys.TOTALS)
     for m in range(minute - WINDOW_MINUTES + 1, minute + 1):
-        pipe.hgetall(bucket_key(m))
-        pipe.lrange(samples_key("wait", m), 0, -1)
-        pipe.lrange(samples_key("ttft", m), 0, -1)
+        pipe.hgetall(keys.minute(m))
+        pipe.lrange(keys.samples("wait", m), 0, -1)
+        pipe.lrange(keys.samples("ttft", m), 0, -1)
     high, normal, low, retrying, running, totals, *recent = pipe.execute()
+    servers = _servers()
     buckets, waits, ttfts = recent[0::3], recent[1::3], recent[2::3]
     done = {s: int(totals.get(s, 0)) for s in queue.TERMINAL}
     recent_finished = sum(int(b.get(s, 0)) for b in buckets for s in queue.TERMINAL)
@@ -104,13 +55,19 @@ def stats() -> dict:
     return {
         "queued": {"high": high, "normal": normal, "low": low}, "retrying": retrying, "running": running,
         **done, "submitted": int(totals.get("submitted", 0)), "total_requests": int(totals.get("submitted", 0)),
-        "workers": workers_online(client), "concurrency": settings.queue_concurrency,
+        "workers": workers_online(client),
+        # the slots of the servers up now (every server's, when none is): what can run at once
+        "concurrency": sum(v["slots"] for v in servers if v["state"] == "up") or sum(v["slots"] for v in servers),
         "avg_response_ms": round(int(totals.get("response_ms_sum", 0)) / response_count) if response_count else 0,
         "success_rate": success_rate(done),
         "throughput_per_min": round(recent_finished / WINDOW_MINUTES, 2),
         "wait_ms": _percentiles([int(x) for xs in waits for x in xs]),
         "ttft_ms": _percentiles([int(x) for xs in ttfts for x in xs]),
     }
+
+
+def _servers() -> list[dict]:
+    return sync_store().backends()
 
 
 def success_rate(done: dict[str, int]) -> float:
@@ -133,7 +90,7 @@ def series(minutes: int = SERIES_MINUTES) -> list[dict]:
     pipe = client.pipeline(transaction=False)
     span = range(minute - minutes + 1, minute + 1)
     for m in span:
-        pipe.hgetall(bucket_key(m))
+        pipe.hgetall(keys.minute(m))
     points = []
     for m, bucket in zip(span, pipe.execute()):
         completed = int(bucket.get("completed", 0))
@@ -166,3 +123,36 @@ class PrometheusCollector:
             gauge.add_metric(["0.5"], figures[name]["p50"])
             gauge.add_metric(["0.95"], figures[name]["p95"])
             yield gauge
+        yield from backend_families(_servers())
+
+
+def backend_families(servers: list[dict]):
+    """The per-server series, each labelled ``backend`` (the configured name, never the address)."""
+    label = ["backend"]
+    up = GaugeMetricFamily("queuechat_backend_up", "1 when the LLM server is up (its breaker closed)", labels=label)
+    slots = GaugeMetricFamily("queuechat_backend_slots", "Calls the LLM server runs at once (its cap)", labels=label)
+    used = GaugeMetricFamily("queuechat_backend_slots_used", "Calls in flight on the LLM server", labels=label)
+    trips = CounterMetricFamily("queuechat_backend_breaker_trips", "Times the server's circuit breaker opened",
+                                labels=label)
+    jobs = CounterMetricFamily("queuechat_backend_jobs", "Jobs ended whose last attempt ran on the server",
+                               labels=["backend", "status"])
+    errors = CounterMetricFamily("queuechat_backend_errors", "Failed calls to the server", labels=label)
+    tokens = CounterMetricFamily("queuechat_backend_tokens", "Answer tokens the server wrote", labels=label)
+    seconds = CounterMetricFamily("queuechat_backend_generation_seconds", "Time the server spent writing answers "
+                                  "(first token to end)", labels=label)
+    speed = GaugeMetricFamily("queuechat_backend_tokens_per_second", "Tokens per second over the server's recent "
+                              "answers", labels=label)
+    for view in servers:
+        name = [view["name"]]
+        up.add_metric(name, 1 if view["state"] == "up" else 0)
+        slots.add_metric(name, view["slots"])
+        used.add_metric(name, view["running"])
+        trips.add_metric(name, view["trips"])
+        for status in ("completed", "failed"):
+            jobs.add_metric([view["name"], status], view[status])
+        errors.add_metric(name, view["errors"])
+        tokens.add_metric(name, view["tokens"])
+        seconds.add_metric(name, view["generation_ms"] / 1000)
+        if view["tokens_per_s"] is not None:
+            speed.add_metric(name, view["tokens_per_s"])
+    yield from (up, slots, used, trips, jobs, errors, tokens, seconds, speed)

@@ -1,304 +1,133 @@
 """The admission layer: who waits, who runs, in which order. Every decision is one atomic Lua step in Redis.
 
 Dramatiq's Redis broker has no priorities, so Dramatiq messages here are interchangeable *tickets*: a
-ticket that a worker runs asks this module for the best waiting job and runs that one. The order is
-decided here and nowhere else.
+ticket that a worker runs asks the ADMIT step for the best waiting job and runs that one. The order is
+decided here and nowhere else. The steps live in ``tasks/lua/`` (one file each, after a shared prelude);
+:class:`Scripts` loads them onto a client and sends every call the settings they depend on.
 
-Invariants (each Lua script keeps them; the tests in tests/test_queue*.py check them):
+Invariants (each step keeps them; tests/tasks/test_queue*.py check them):
 
-1. A job is in at most one of ``qc:waiting`` (sorted by score), ``qc:leases`` (running, scored by lease
-   expiry) and ``qc:delayed`` (backing off before a retry, scored by the latest time it must be back).
+1. A job is in at most one of ``waiting`` (sorted by score) and ``leases`` (running, scored by lease expiry).
+   A job backing off before a retry is in ``waiting`` — in its own place — and also in ``backoff`` (scored by
+   its retry time); ADMIT passes over it until then. Between its failed attempt and the next ADMIT it may be in
+   ``handover`` instead of ``waiting`` (see BACK_OFF): that ADMIT puts it back in its line in the step that gives
+   its slot to another job.
 2. ``score = level * 10^12 + seq``: strict priority between levels, FIFO within one. A job keeps its score
-   for life, so a job that comes back (retry, crash) goes to the front of its level.
-3. ``ZCARD qc:leases <= cap``; a job starts only when ``qc:starts`` holds fewer than ``rate`` starts in the
-   last 60 s. Holding back never counts as a retry.
-4. Every admission increments the job's ``epoch``. Writes from a worker carry its epoch and are ignored
-   when it is stale, so a worker that lost its lease (stalled, or presumed dead) can't mix its tokens in.
-5. A job reaches exactly one terminal status (completed, failed, cancelled); terminal writes check it and
-   count it in ``qc:totals`` in the same step, so the totals always agree with the job records.
-6. There are at least as many tickets as waiting and parked jobs. Submission sends one, so does the janitor
-   for each job it puts back; it also tops them up once a second (see :mod:`tasks.janitor`); surplus tickets
-   find nothing and end.
+   for life, so a job that comes back (a retry, a crash) is back in its own place, ahead of everything
+   submitted after it.
+3. ``ZCARD leases <= cap``; a job starts only when ``starts`` holds fewer than ``rate`` starts in the last
+   60 s. Holding back never counts as an attempt.
+4. Every admission increments the job's ``epoch`` and ``attempts``. Writes from a worker carry its epoch and
+   are ignored when it is stale, so a worker that lost its lease can't mix its tokens in. Every path back to
+   the line (a failed attempt, a reaped lease) checks ``attempts``: a job fails after ``max_attempts``,
+   whatever kept killing it.
+5. A job reaches exactly one terminal status (completed, failed, cancelled), through one Lua function
+   (``end_job`` in the prelude) that counts it, writes its minute buckets, leaves every queue structure, and
+   sets the expiries of its record and stream, in the same step.
+6. There are at least as many tickets as waiting jobs. Submission sends one, so does the janitor for each
+   job it puts back; it also tops them up once a second (see :mod:`tasks.janitor`); surplus tickets find
+   nothing and end.
 
-The position of a job is its ``ZRANK`` in ``qc:waiting`` (O(log n)): the number of jobs that start before it.
+The position of a job is its ``ZRANK`` in ``waiting`` (O(log n)): the number of jobs ahead of it in line,
+those backing off included. A job can start sooner than its position says (a slot is never left idle while a
+job ahead backs off). Positions go up only when a job of a higher level (or an earlier fair-share turn) is
+submitted ahead, or when a running job ahead fails while nothing else may start (a full rate window, its server's
+breaker open, admission paused): it will start before the jobs behind it, and their positions say so. Otherwise a
+job that backs off hands its slot over (BACK_OFF): it comes back in line in the same step that starts the job
+next in line, and the positions behind it only count down.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 
-from tasks.connection import KEY_PREFIX
+from tasks import backends, keys
+from tasks.settings import settings
 
 PRIORITY_LEVELS = {"high": 0, "normal": 1, "low": 2}
+LEVEL_SPAN = 10**15  # scores of level L are in [L * LEVEL_SPAN, (L + 1) * LEVEL_SPAN)
 TERMINAL = ("completed", "failed", "cancelled")
+LIVE = ("queued", "retrying", "running")
 
-WAITING = KEY_PREFIX + "waiting"
-LEASES = KEY_PREFIX + "leases"
-DELAYED = KEY_PREFIX + "delayed"
-STARTS = KEY_PREFIX + "starts"
-WAKE = KEY_PREFIX + "wake"
-SEQ = KEY_PREFIX + "seq"
-EVENTS = KEY_PREFIX + "events"
-TOTALS = KEY_PREFIX + "totals"   # jobs submitted and ended, by status
-QUEUE_CHANGED = "*queue"  # published on EVENTS when positions may have moved
-
-
-def job_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}job:{job_id}"
+STEPS = ("submit", "admit", "heartbeat", "progress", "append", "finish", "back_off", "cancel", "reap",
+         "reprioritize", "backend_seen", "read_job", "read_jobs", "read_conversations", "read_clock", "read_positions",
+         "read_board")
+LUA = Path(__file__).resolve().parent / "lua"
+BUCKET_TTL_S = 2 * 86400
+IDEMPOTENCY_S = 86400
+CONVERSATIONS_KEPT = 100
 
 
-def stream_key(job_id: str) -> str:
-    return f"{KEY_PREFIX}stream:{job_id}"
+@cache
+def source(step: str) -> str:
+    """The Lua of one step, with the prelude in front (the prelude decodes ARGV[1], the config)."""
+    prelude = (LUA / "prelude.lua").read_text().replace("@PREFIX@", keys.PREFIX)
+    return prelude + "\n" + (LUA / f"{step}.lua").read_text()
 
 
-# Shared Lua prelude: the Redis clock (one clock for every host) and the stream/event helpers.
-_PRELUDE = """
-local P = '""" + KEY_PREFIX + """'
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function emit(id, kind, data, epoch)
-  redis.call('XADD', P .. 'stream:' .. id, '*', 'k', kind, 'd', data, 'a', epoch)
-end
-local function snapshot(job)
-  local f = redis.call('HMGET', job, 'status', 'phase', 'progress', 'attempts', 'error', 'error_code')
-  return cjson.encode({status=f[1], phase=f[2], progress=tonumber(f[3]) or 0,
-                       attempts=tonumber(f[4]) or 0, error=f[5] or cjson.null, error_code=f[6] or cjson.null})
-end
-"""
+def config() -> str:
+    """What the steps need to know of the settings, sent with every call (processes may differ in settings
+    only through their environment, and every caller sends its own)."""
+    fleet = backends.fleet()
+    return json.dumps({
+        "backends": [{k: v for k, v in {"name": b.name, "cap": b.slots, "rate": b.rate_per_min or None,
+                                        "models": list(b.models) if b.models else None}.items() if v is not None}
+                     for b in fleet.backends],
+        "aliases": {alias: list(models) for alias, models in fleet.aliases.items()},
+        "breaker_failures": backends.BREAKER_FAILURES, "breaker_cooldown_ms": int(settings.llm_breaker_cooldown_seconds * 1000),
+        "aging_ms": int(settings.queue_aging_seconds * 1000),
+        "rate": settings.queue_rate_per_min,
+        "lease_ms": settings.lease_ttl_ms, "reap_grace_ms": settings.reap_grace_ms,
+        "max_attempts": settings.max_attempts, "max_waiting": settings.queue_max_waiting,
+        "history_size": settings.history_size, "conversations_kept": CONVERSATIONS_KEPT,
+        "stream_ttl_s": settings.stream_ttl_seconds, "retention_s": int(settings.job_retention_hours * 3600),
+        "bucket_ttl_s": BUCKET_TTL_S, "idempotency_s": IDEMPOTENCY_S,
+    })
 
-SUBMIT = _PRELUDE + """
--- KEYS: job, waiting, seq, totals, conversation, history, user_conversations, conversation_owners
--- ARGV: id, max_waiting, level, history_size, conversation_id, user, field, value, ...
--- One step, so a refused job (queue full) leaves nothing behind. Suggestions have no conversation.
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[2]) then return {0, 0} end
-local now = now_ms()
-local seq = redis.call('INCR', KEYS[3])
-local score = tonumber(ARGV[3]) * 1000000000000 + seq
-local fields = {}
-for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], 'score', score, 'epoch', 0, 'attempts', 0, 'progress', 0,
-           'status', 'queued', 'phase', 'queued', 'created_at', now, unpack(fields))
-redis.call('ZADD', KEYS[2], score, ARGV[1])
-redis.call('HINCRBY', KEYS[4], 'submitted', 1)
-if ARGV[5] ~= '' then
-  redis.call('RPUSH', KEYS[5], ARGV[1])
-  redis.call('HSETNX', KEYS[8], ARGV[5], ARGV[6])
-  redis.call('ZADD', KEYS[7], now, ARGV[5])
-  redis.call('LPUSH', KEYS[6], ARGV[1])
-  redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[4]) - 1)
-end
-emit(ARGV[1], 'status', snapshot(KEYS[1]), 0)
-redis.call('PUBLISH', P .. 'events', ARGV[1])
-redis.call('PUBLISH', P .. 'events', '*queue')
-return {1, redis.call('ZRANK', KEYS[2], ARGV[1])}
-"""
 
-ADMIT = _PRELUDE + """
--- KEYS: waiting, leases, starts   ARGV: cap, rate_per_min, lease_ttl_ms
--- Returns {'ok', id, epoch} | {'empty'} | {'busy'} | {'rate', ms_until_a_start_is_allowed}
-if redis.call('ZCARD', KEYS[1]) == 0 then return {'empty'} end
-if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[1]) then return {'busy'} end
-local now = now_ms()
-local rate = tonumber(ARGV[2])
-if rate > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now - 60000)
-  if redis.call('ZCARD', KEYS[3]) >= rate then
-    local oldest = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-    return {'rate', tonumber(oldest[2]) + 60000 - now}
-  end
-end
-local id = redis.call('ZPOPMIN', KEYS[1])[1]
-local job = P .. 'job:' .. id
-local epoch = redis.call('HINCRBY', job, 'epoch', 1)
-redis.call('HINCRBY', job, 'attempts', 1)
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), id)
-if rate > 0 then redis.call('ZADD', KEYS[3], now, id .. ':' .. epoch) end
-redis.call('HSET', job, 'status', 'running', 'phase', 'starting', 'progress', 5, 'cancel', 0)
-redis.call('HSETNX', job, 'started_at', now)
-emit(id, 'reset', '', epoch)
-emit(id, 'status', snapshot(job), epoch)
-redis.call('PUBLISH', P .. 'events', '*queue')
-redis.call('PUBLISH', P .. 'events', id)
-return {'ok', id, epoch}
-"""
+class Scripts:
+    """The Lua steps registered on one client (sync or asyncio): ``Scripts(client).admit(worker_id)``.
 
-HEARTBEAT = _PRELUDE + """
--- KEYS: job, leases   ARGV: id, epoch, lease_ttl_ms.  Renews the lease; returns {owned, cancel requested}.
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] or not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
-  return {0, 0}
-end
-redis.call('ZADD', KEYS[2], now_ms() + tonumber(ARGV[3]), ARGV[1])
-return {1, tonumber(redis.call('HGET', KEYS[1], 'cancel')) or 0}
-"""
+    Each call returns what the step returns (an awaitable of it on an asyncio client)."""
 
-PROGRESS = _PRELUDE + """
--- KEYS: job   ARGV: id, epoch, phase, progress.  Records a phase change for the UI and SSE.
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'status') ~= 'running' then
-  return 0
-end
-redis.call('HSET', KEYS[1], 'phase', ARGV[3], 'progress', ARGV[4])
-emit(ARGV[1], 'status', snapshot(KEYS[1]), ARGV[2])
-redis.call('PUBLISH', P .. 'events', ARGV[1])
-return 1
-"""
+    def __init__(self, client) -> None:
+        self._scripts = {step: client.register_script(source(step)) for step in STEPS}
 
-APPEND = _PRELUDE + """
--- KEYS: job   ARGV: id, epoch, kind (token|think), text, progress.  One streamed chunk.
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'status') ~= 'running' then
-  return 0
-end
-emit(ARGV[1], ARGV[3], ARGV[4], ARGV[2])
-redis.call('HSET', KEYS[1], 'progress', ARGV[5])
-redis.call('HSETNX', KEYS[1], 'first_token_at', now_ms())
-return 1
-"""
-
-FINISH = _PRELUDE + """
--- KEYS: job, leases, wake   ARGV: id, epoch, status, phase, stream_ttl_s, field, value, ...
--- The single way a running job ends. Returns 1 when this call ended it, 0 when it was not ours to end.
-local status = redis.call('HGET', KEYS[1], 'status')
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] or status ~= 'running' then return 0 end
-local fields = {}
-for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
-local progress = redis.call('HGET', KEYS[1], 'progress')
-if ARGV[3] == 'completed' then progress = 100 end
-redis.call('HSET', KEYS[1], 'status', ARGV[3], 'phase', ARGV[4], 'progress', progress,
-           'finished_at', now_ms(), unpack(fields))
-redis.call('HINCRBY', P .. 'totals', ARGV[3], 1)
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('LPUSH', KEYS[3], ARGV[1])
-redis.call('LTRIM', KEYS[3], 0, 99)
-emit(ARGV[1], 'done', snapshot(KEYS[1]), ARGV[2])
-redis.call('EXPIRE', P .. 'stream:' .. ARGV[1], tonumber(ARGV[5]))
-redis.call('PUBLISH', P .. 'events', ARGV[1])
-redis.call('PUBLISH', P .. 'events', '*queue')
-return 1
-"""
-
-BACK_OFF = _PRELUDE + """
--- KEYS: job, leases, delayed, wake   ARGV: id, epoch, deadline_ms_from_now, error
--- A transient failure: free the slot and park the job until its retry ticket (or the janitor) returns it.
--- Returns 1 (parked), 0 (not this worker's job any more) or -1: a cancel is pending, so the job is not parked
--- (ADMIT would clear the flag and run it again) and the worker ends it as cancelled instead.
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[2] or redis.call('HGET', KEYS[1], 'status') ~= 'running' then
-  return 0
-end
-if redis.call('HGET', KEYS[1], 'cancel') == '1' then return -1 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[3]), ARGV[1])
-redis.call('HSET', KEYS[1], 'status', 'queued', 'phase', 'retrying', 'error', ARGV[4])
-redis.call('LPUSH', KEYS[4], ARGV[1])
-redis.call('LTRIM', KEYS[4], 0, 99)
-emit(ARGV[1], 'status', snapshot(KEYS[1]), ARGV[2])
-redis.call('PUBLISH', P .. 'events', ARGV[1])
-redis.call('PUBLISH', P .. 'events', '*queue')
-return 1
-"""
-
-RETURN = _PRELUDE + """
--- KEYS: job, delayed, waiting   ARGV: id.  A retry ticket brings its parked job back to its old place.
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
-redis.call('ZADD', KEYS[3], redis.call('HGET', KEYS[1], 'score'), ARGV[1])
-redis.call('HSET', KEYS[1], 'phase', 'queued')
-emit(ARGV[1], 'status', snapshot(KEYS[1]), redis.call('HGET', KEYS[1], 'epoch'))
-redis.call('PUBLISH', P .. 'events', ARGV[1])
-redis.call('PUBLISH', P .. 'events', '*queue')
-return 1
-"""
-
-CANCEL = _PRELUDE + """
--- KEYS: job, waiting, delayed, leases   ARGV: id
--- Returns 'missing' | 'final' | 'cancelled' (was waiting) | 'cancelling' (running: its worker stops it)
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return 'missing' end
-if status == 'completed' or status == 'failed' or status == 'cancelled' then return 'final' end
-if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 or redis.call('ZREM', KEYS[3], ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'phase', 'cancelled', 'finished_at', now_ms())
-  redis.call('HINCRBY', P .. 'totals', 'cancelled', 1)
-  emit(ARGV[1], 'done', snapshot(KEYS[1]), redis.call('HGET', KEYS[1], 'epoch'))
-  redis.call('PUBLISH', P .. 'events', ARGV[1])
-  redis.call('PUBLISH', P .. 'events', '*queue')
-  return 'cancelled'
-end
-redis.call('HSET', KEYS[1], 'cancel', 1)
-redis.call('PUBLISH', P .. 'events', ARGV[1])
-return 'cancelling'
-"""
-
-REAP = _PRELUDE + """
--- KEYS: leases, waiting, delayed, wake   ARGV: stream_ttl_s
--- Jobs whose worker stopped renewing (killed, stalled) and parked jobs whose retry ticket never came back
--- return to the front of their level with a new epoch; a cancel that was pending is honoured instead.
--- Returns {ids put back (each gets a ticket at once), ids ended as cancelled (each to be counted)}.
-local now = now_ms()
-local back = {}
-local ended = {}
-local function requeue(id, from)
-  redis.call('ZREM', from, id)
-  local job = P .. 'job:' .. id
-  if redis.call('HGET', job, 'cancel') == '1' then
-    redis.call('HSET', job, 'status', 'cancelled', 'phase', 'cancelled', 'finished_at', now)
-    redis.call('HINCRBY', P .. 'totals', 'cancelled', 1)
-    emit(id, 'done', snapshot(job), redis.call('HGET', job, 'epoch'))
-    redis.call('EXPIRE', P .. 'stream:' .. id, tonumber(ARGV[1]))
-    ended[#ended + 1] = id
-  elseif redis.call('HGET', job, 'status') == 'running' or redis.call('HGET', job, 'phase') == 'retrying' then
-    local epoch = redis.call('HINCRBY', job, 'epoch', 1)
-    redis.call('HSET', job, 'status', 'queued', 'phase', 'recovering')
-    redis.call('ZADD', KEYS[2], redis.call('HGET', job, 'score'), id)
-    emit(id, 'status', snapshot(job), epoch)
-    back[#back + 1] = id
-  end
-  redis.call('PUBLISH', P .. 'events', id)
-end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do requeue(id, KEYS[1]) end
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do requeue(id, KEYS[3]) end
-if #back > 0 then
-  redis.call('LPUSH', KEYS[4], unpack(back))
-  redis.call('LTRIM', KEYS[4], 0, 99)
-  redis.call('PUBLISH', P .. 'events', '*queue')
-end
-return {back, ended}
-"""
+    def __getattr__(self, step: str):
+        script = self._scripts.get(step)
+        if script is None:
+            raise AttributeError(step)
+        return lambda *args: script(args=[config(), *args])
 
 
 @dataclass(frozen=True)
 class Admission:
-    """What the admission step decided for a ticket."""
+    """What the admission step decided for a ticket: ``ok`` (with the job's record), ``empty``, ``busy``, or
+    ``wait`` (nothing may start for ``wait_ms``: the rate window, or every waiting job backing off)."""
 
-    outcome: str  # ok | empty | busy | rate
+    outcome: str
     job_id: str | None = None
     epoch: int = 0
-    retry_in_ms: int = 0
+    wait_ms: int = 0
+    backend: str = ""
+    model: str = ""
+    record: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, reply: list) -> Admission:
+        outcome = reply[0]
+        if outcome == "ok":
+            flat = reply[5:]
+            return cls("ok", reply[1], int(reply[2]), backend=reply[3], model=reply[4],
+                       record=dict(zip(flat[0::2], flat[1::2])))
+        if outcome == "wait":
+            return cls("wait", wait_ms=max(0, int(reply[1])))
+        return cls(outcome)
 
 
-def parse_admission(reply: list) -> Admission:
-    outcome = reply[0]
-    if outcome == "ok":
-        return Admission("ok", reply[1], int(reply[2]))
-    if outcome == "rate":
-        return Admission("rate", retry_in_ms=int(reply[1]))
-    return Admission(outcome)
-
-
-class Scripts:
-    """The Lua steps registered on one client (sync or asyncio): ``Scripts(client).admit(...)``."""
-
-    def __init__(self, client) -> None:
-        self.submit = client.register_script(SUBMIT)
-        self.admit = client.register_script(ADMIT)
-        self.heartbeat = client.register_script(HEARTBEAT)
-        self.progress = client.register_script(PROGRESS)
-        self.append = client.register_script(APPEND)
-        self.finish = client.register_script(FINISH)
-        self.back_off = client.register_script(BACK_OFF)
-        self.return_ = client.register_script(RETURN)
-        self.cancel = client.register_script(CANCEL)
-        self.reap = client.register_script(REAP)
-
-
-def position(client, job_id: str) -> int | None:
-    """Jobs that start before this one (0 = next), or None when it is not waiting. O(log n)."""
-    return client.zrank(WAITING, job_id)
+def level_range(level: int) -> tuple[int, int]:
+    """The scores of one priority level, for counting the waiting jobs of each."""
+    return level * LEVEL_SPAN, (level + 1) * LEVEL_SPAN - 1

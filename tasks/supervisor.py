@@ -11,13 +11,22 @@ Elsewhere than Linux the death signal does not exist; the parent's own clean-up 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
+
+import psutil
+
+log = logging.getLogger("queuechat.supervisor")
 
 PR_SET_PDEATHSIG = 1
 
@@ -32,28 +41,31 @@ def _set_death_signal(signum: int) -> None:
 def die_with_parent(signum: int = signal.SIGKILL, parent: int | None = None) -> None:
     """Ask the kernel to send ``signum`` to this process when its parent dies.
 
-    If the parent is already gone (it died between our fork and this call), exit at once: the death signal is
-    only sent on a later death.
+    If the parent is already gone (it died between our fork and this call: we were adopted by init, or by
+    ``parent``'s successor), exit at once: the death signal is only sent on a later death.
     """
     _set_death_signal(signum)
-    if parent is not None and os.getppid() != parent:
+    if os.getppid() == 1 or (parent is not None and os.getppid() != parent):
         os._exit(1)
 
 
-def _preexec(signum: int, parent: int) -> Callable[[], None]:
+def _preexec(signum: int, parent: int, umask: int | None) -> Callable[[], None]:
     def child() -> None:  # runs in the child between fork and exec: only async-signal-safe work here
+        if umask is not None:
+            os.umask(umask)
         _set_death_signal(signum)
         if os.getppid() != parent:
             os._exit(1)
     return child
 
 
-def spawn(args: list[str], *, death_signal: int = signal.SIGKILL, **popen: object) -> subprocess.Popen:
+def spawn(args: list[str], *, death_signal: int = signal.SIGKILL, umask: int | None = None,
+          **popen: object) -> subprocess.Popen:
     """``subprocess.Popen`` in a new session, killed with ``death_signal`` when this process (strictly: the
-    thread that calls this) dies. Use SIGTERM for a child that must get to say goodbye (Redis writes its AOF)."""
+    thread that calls this) dies. Use SIGTERM for a child that must get to say goodbye (Redis writes its AOF).
+    ``umask``: for a child whose files must be private (0o077: readable by this user only)."""
     popen.setdefault("start_new_session", True)
-    if _libc is not None:
-        popen["preexec_fn"] = _preexec(death_signal, os.getpid())
+    popen["preexec_fn"] = _preexec(death_signal, os.getpid(), umask)
     return subprocess.Popen(args, **popen)  # noqa: S603 - our own commands
 
 
@@ -77,3 +89,115 @@ def _signal_group(process: subprocess.Popen, signum: int) -> None:
             process.send_signal(signum)
         except ProcessLookupError:
             pass
+
+
+class WorkerPool:
+    """``WORKER_PROCESSES`` workers, each its own ``dramatiq tasks.actors --processes 1`` CLI, kept running.
+
+    One CLI per process, not one CLI with N processes: when one of its processes dies, the dramatiq CLI stops
+    the others and waits for them to drain (up to a whole job); here a dead worker takes nobody with it and is
+    started again within a second or two. Four times a second the pool also looks for workers of its own that
+    hold a lease that has run out without renewal — a process frozen (SIGSTOP, a stuck interpreter) can't close
+    its LLM call itself — and kills them, so that their connections close before the reaper hands the job to
+    another worker (the reaper waits ``reap_grace_ms`` after a lease ran out).
+    """
+
+    CHECK_SECONDS = 0.25
+
+    def __init__(self, processes: int, threads: int, env: dict[str, str], cwd: str | None = None) -> None:
+        self.command = [sys.executable, "-m", "dramatiq", "tasks.actors", "--processes", "1",
+                        "--threads", str(threads)]
+        self.env, self.cwd = env, cwd
+        self.slots: list[_Slot] = [_Slot() for _ in range(processes)]
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="worker-pool", daemon=True)
+
+    def start(self) -> WorkerPool:
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        # The children get their death signal when this thread ends: it lives as long as the pool.
+        while not self.stopping.is_set():
+            for number, slot in enumerate(self.slots):
+                slot.keep_running(self, number)
+            try:
+                self.kill_frozen()
+            except Exception:  # Redis away, a process gone meanwhile: next round
+                log.debug("looking for frozen workers failed", exc_info=True)
+            self.stopping.wait(self.CHECK_SECONDS)
+        running = [slot.process for slot in self.slots if slot.process is not None]
+        for process in running:  # all at once: each drains in parallel
+            # The CLI master alone: it passes the signal on to its worker process, which takes a second one as an
+            # order to exit at once (sys.exit in its signal handler), and then hung until the SIGKILL below.
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        for process in running:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.0, deadline - time.monotonic()))
+            stop(process, timeout=0, first=signal.SIGKILL)
+
+    stop_timeout = 15.0
+
+    def workers(self) -> dict[int, int]:
+        """pid of each worker process (the CLI's child) -> its slot number."""
+        found = {}
+        for number, slot in enumerate(self.slots):
+            if slot.process is not None and slot.process.poll() is None:
+                with contextlib.suppress(psutil.Error):
+                    for child in psutil.Process(slot.process.pid).children(recursive=True):
+                        found[child.pid] = number
+        return found
+
+    def kill_frozen(self) -> None:
+        from tasks import keys
+        from tasks.connection import get_redis
+
+        client = get_redis()
+        seconds, micros = client.time()
+        expired = client.zrangebyscore(keys.LEASES, "-inf", seconds * 1000 + micros // 1000)
+        if not expired:
+            return
+        ours = self.workers()
+        host = socket.gethostname()
+        pipe = client.pipeline(transaction=False)
+        for job_id in expired:
+            pipe.hget(keys.job(job_id), "worker")
+        for job_id, worker in zip(expired, pipe.execute()):
+            worker_host, _, pid = (worker or "").rpartition(":")
+            if worker_host == host and pid.isdigit() and int(pid) in ours:
+                log.warning("worker %s holds the expired lease of job %s without renewing it: killing it",
+                            pid, job_id)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop every worker (SIGTERM: they finish or give back what they hold; SIGKILL after ``timeout``)."""
+        self.stop_timeout = timeout
+        self.stopping.set()
+        self.thread.join(timeout + 5)
+
+
+class _Slot:
+    """One supervised worker CLI; restarted at once after a run of a few seconds, with a backoff otherwise."""
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+        self.started = 0.0
+        self.delay = 0.5
+        self.restart_at = 0.0
+
+    def keep_running(self, pool: WorkerPool, number: int) -> None:
+        now = time.monotonic()
+        if self.process is not None and self.process.poll() is None:
+            return
+        if self.process is not None:
+            code, self.process = self.process.returncode, None
+            self.delay = 0.5 if now - self.started > 5 else min(self.delay * 2, 30.0)
+            self.restart_at = now + (0.0 if self.delay == 0.5 else self.delay)
+            log.warning("worker %d exited with %s; restarting%s", number, code,
+                        "" if self.delay == 0.5 else f" in {self.delay:.0f} s")
+        if now >= self.restart_at:
+            self.started = now
+            self.process = spawn(pool.command, cwd=pool.cwd, env=pool.env)

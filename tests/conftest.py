@@ -1,30 +1,25 @@
-"""Shared fixtures: a private Redis, the fake Ollama server, real Dramatiq worker processes and the app.
+"""Shared fixtures over :mod:`devtools`: a private Redis, the fake LLM, worker pools, the app — and the test tiers.
 
-Everything here is real: the embedded redis-server binary on a free port (never the user's Redis), an HTTP
-server speaking Ollama's protocol, the `dramatiq` CLI in subprocesses, and `main.py` for end-to-end tests.
+Everything is real: the embedded redis-server binary on a free port (never the user's Redis), an HTTP server
+speaking the LLM protocols, the ``dramatiq`` CLI in subprocesses, ``main.py`` itself. Every tier is a marker
+applied here from what a test uses: ``unit``, ``redis``, ``workers``, ``e2e`` (a browser), ``demo``;
+``uv run pytest -m "not e2e and not demo"`` is the fast loop.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
-from tasks import connection
-from tasks.broker import worker_environment
-from tasks.redis_server import RedisServer, free_port
+from devtools.fake_llm import FakeLLM
+from devtools.pools import WorkerPools
+from devtools.processes import ROOT, clean_environ
+from devtools.stack import App, RedisServer, Workers, apply_settings
+from tasks import connection, keys
 from tasks.settings import settings
-from tests.fake_ollama import FakeOllama
-
-ROOT = Path(__file__).resolve().parent.parent
 
 #: Settings every test process shares: fast recovery, no rate limit unless a test sets one.
 TEST_ENV = {
@@ -35,15 +30,33 @@ TEST_ENV = {
     "LLM_FIRST_TOKEN_TIMEOUT": "5",
     "LLM_IDLE_TIMEOUT": "3",
     "API_RATE_PER_MIN": "0",
+    "QUEUE_MAX_WAITING_PER_USER": "1000",
+    "LLM_BREAKER_COOLDOWN_SECONDS": "1",
 }
 
+TIERS = ("unit", "redis", "workers", "e2e", "demo")
+WORKER_FIXTURES = {"workers", "pools", "module_workers", "module_app", "app_factory", "e2e_app"}
+REDIS_FIXTURES = {"redis_server", "r", "env"}
 
-def apply_settings(env: dict[str, str]) -> None:
-    """Make this (the test) process's settings match what its child processes read from the environment."""
-    for name, value in env.items():
-        field = name.lower()
-        setattr(settings, field, type(getattr(settings, field))(value) if getattr(settings, field) is not None
-                else value)
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test its tier, unless it names one itself."""
+    for item in items:
+        if any(item.get_closest_marker(tier) for tier in TIERS):
+            continue
+        path = Path(item.path).relative_to(ROOT / "tests")
+        used = set(getattr(item, "fixturenames", ()))
+        if path.parts[0] == "e2e":
+            tier = "e2e"
+        elif path.name == "test_demo.py":
+            tier = "demo"
+        elif used & WORKER_FIXTURES:
+            tier = "workers"
+        elif used & REDIS_FIXTURES:
+            tier = "redis"
+        else:
+            tier = "unit"
+        item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")
@@ -54,8 +67,8 @@ def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="session")
-def fake_llm() -> Iterator[FakeOllama]:
-    with FakeOllama() as fake:
+def fake_llm() -> Iterator[FakeLLM]:
+    with FakeLLM() as fake:
         yield fake
 
 
@@ -84,15 +97,14 @@ def _isolated(request, monkeypatch) -> Iterator[None]:
 
 @pytest.fixture
 def env(redis_server, fake_llm) -> dict[str, str]:
-    """The environment for child processes: this test's Redis and fake LLM, test settings."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    """The environment for this test's child processes: the session's Redis and fake LLM, test settings."""
+    return clean_environ()
 
 
-@pytest.fixture(scope="module")
-def module_env(redis_server, fake_llm) -> dict[str, str]:
-    """Like ``env``, for processes shared by the tests of one module (started once, with default test settings)."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    return {**clean, **TEST_ENV, "REDIS_URL": redis_server.url, "OLLAMA_HOST": fake_llm.url}
+@pytest.fixture(scope="session")
+def stack_env(redis_server, fake_llm) -> dict[str, str]:
+    """Like ``env``, for processes that outlive one test (started once, with the default test settings)."""
+    return clean_environ(**TEST_ENV, REDIS_URL=redis_server.url, OLLAMA_HOST=fake_llm.url)
 
 
 @pytest.fixture
@@ -100,134 +112,83 @@ def r(redis_server) -> redis.Redis:
     return redis.Redis.from_url(redis_server.url, decode_responses=True)
 
 
-class Workers:
-    """The real `dramatiq` CLI as a subprocess: ``workers.start(processes=2, QUEUE_CONCURRENCY="1")``."""
+@pytest.fixture(scope="session")
+def worker_pools(stack_env, tmp_path_factory) -> Iterator[WorkerPools]:
+    pools = WorkerPools(stack_env, tmp_path_factory.mktemp("workers"))
+    yield pools
+    pools.close()
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env, self.log_dir = env, log_dir
-        self.process: subprocess.Popen | None = None
+
+class SharedWorkers:
+    """The ``workers`` fixture: ``workers.start(processes=2, QUEUE_CONCURRENCY="1")`` takes a running pool with
+    those settings from the session's pools; ``workers.output()`` is what it logged during this test."""
+
+    def __init__(self, pools: WorkerPools) -> None:
+        self.pools = pools
+        self.pool: Workers | None = None
 
     def start(self, processes: int = 2, threads: int = 4, **settings_env: str) -> Workers:
-        env = {**worker_environment(threads), **self.env, **settings_env}
         apply_settings(settings_env)
-        self.log = open(self.log_dir / f"workers-{time.monotonic_ns()}.log", "w")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "tasks.actors", "--processes", str(processes),
-             "--threads", str(threads)], cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-        self.wait_online(processes)
-        return self
-
-    def wait_online(self, processes: int, timeout: float = 30) -> None:
-        client = redis.Redis.from_url(self.env["REDIS_URL"])
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            seconds, micros = client.time()
-            if client.zcount("qc:workers", seconds * 1000 + micros // 1000 - 3000, "+inf") >= processes:
-                return
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise RuntimeError(f"workers did not come up: {self.output()[-3000:]}")
-
-    def children(self) -> list[int]:
-        out = subprocess.run(["pgrep", "-P", str(self.process.pid)], capture_output=True, text=True).stdout
-        return [int(pid) for pid in out.split()]
+        self.pool = self.pools.take(processes, threads, **settings_env)
+        self.log_start = len(self.pool.output())
+        return self.pool
 
     def output(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text()
+        return self.pool.output()[self.log_start:]
 
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()  # the master forwards it once to its children; a second signal kills
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+
+def quiet(redis_server: RedisServer, fake_llm: FakeLLM) -> Callable[[], bool]:
+    """No job holds a slot and the fake LLM answers nobody: workers may be paused or shared now."""
+    client = redis.Redis.from_url(redis_server.url, socket_timeout=2)
+    return lambda: not client.zcard(keys.LEASES) and fake_llm.active == 0 and fake_llm.waiting == 0
 
 
 @pytest.fixture
-def workers(env, tmp_path) -> Iterator[Workers]:
-    pool = Workers(env, tmp_path)
-    yield pool
-    pool.stop()
+def workers(worker_pools, redis_server, fake_llm) -> Iterator[SharedWorkers]:
+    shared = SharedWorkers(worker_pools)
+    yield shared
+    if shared.pool is not None:
+        worker_pools.give_back(shared.pool, quiet(redis_server, fake_llm))
 
 
-def wait_for(predicate: Callable[[], object], timeout: float = 20, what: str = "", interval: float = 0.05):
-    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
+@pytest.fixture
+def pools(env, tmp_path) -> Iterator[Callable[..., Workers]]:
+    """``pools(processes=1, threads=4, **settings)``: a worker pool of this test's own (a ``dramatiq`` main process),
+    stopped after the test; for tests that kill, freeze or cut off workers (never a shared pool's)."""
+    started: list[Workers] = []
 
-
-class App:
-    """`main.py` as a subprocess (UI + API, with or without its own workers)."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.env, self.log_dir = env, log_dir
-        self.process: subprocess.Popen | None = None
-        self.port = free_port()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, *args: str, **settings_env: str) -> App:
-        env = {**self.env, "PORT": str(self.port), "DATA_DIR": str(self.log_dir / "data"), **settings_env}
+    def start(processes: int = 1, threads: int = 4, **settings_env: str) -> Workers:
         apply_settings(settings_env)
-        self.log = open(self.log_dir / f"app-{self.port}.log", "w")
-        self.process = subprocess.Popen([sys.executable, "main.py", *args], cwd=ROOT, env=env, stdout=self.log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self._answers, timeout=60, interval=0.2, what=f"the app on {self.url}")
-        return self
+        pool = Workers(env, tmp_path, processes, threads, **settings_env).start()
+        started.append(pool)
+        return pool
 
-    def _answers(self) -> bool:
-        if self.process.poll() is not None:
-            raise RuntimeError(f"main.py exited: {self.output()[-3000:]}")
-        try:
-            return httpx.get(self.url + "/health", timeout=1).status_code in (200, 503)
-        except httpx.HTTPError:
-            return False
-
-    def output(self) -> str:
-        self.log.flush()
-        return Path(self.log.name).read_text()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+    yield start
+    for pool in started:
+        pool.stop()
 
 
 @pytest.fixture(scope="module")
-def module_workers(module_env, tmp_path_factory) -> Iterator[Workers]:
-    pool = Workers(module_env, tmp_path_factory.mktemp("workers")).start(processes=2)
+def module_workers(worker_pools, redis_server, fake_llm) -> Iterator[Workers]:
+    pool = worker_pools.take()
     yield pool
-    pool.stop()
+    worker_pools.give_back(pool, quiet(redis_server, fake_llm))
 
 
 @pytest.fixture(scope="module")
-def module_app(module_env, module_workers, tmp_path_factory) -> Iterator[App]:
-    app = App(module_env, tmp_path_factory.mktemp("app")).start("--no-workers")
+def module_app(stack_env, module_workers, tmp_path_factory) -> Iterator[App]:
+    app = App(stack_env, tmp_path_factory.mktemp("app")).start("--no-workers")
     yield app
     app.stop()
 
 
 @pytest.fixture
 def app_factory(env, tmp_path) -> Iterator[Callable[..., App]]:
+    """``app_factory(*args, **settings)``: ``main.py`` with these arguments and settings, stopped after the test."""
     started: list[App] = []
 
     def start(*args: str, **settings_env: str) -> App:
+        apply_settings(settings_env)
         app = App(env, tmp_path).start(*args, **settings_env)
         started.append(app)
         return app
@@ -235,21 +196,3 @@ def app_factory(env, tmp_path) -> Iterator[Callable[..., App]]:
     yield start
     for app in started:
         app.stop()
-
-
-# --- the browser ----------------------------------------------------------------------------------------
-
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
-                 "--no-first-run", "--disable-component-update", "--disable-sync"]
-
-
-def find_chromium() -> str | None:
-    """CHROMIUM_PATH, then the system Chromium, then Playwright's own download (None: use Playwright's)."""
-    import shutil
-
-    candidates = [os.environ.get("CHROMIUM_PATH"), "/usr/bin/chromium", shutil.which("chromium"),
-                  shutil.which("chromium-browser"), shutil.which("google-chrome")]
-    for candidate in candidates:
-        if candidate and Path(candidate).exists():
-            return candidate
-    return None

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
+import itertools
 
 import httpx
 import pytest
 
-from tests.conftest import wait_for
-from tests.fake_ollama import Reply
+from devtools import sse
+from devtools.fake_llm import Reply
+from devtools.waiting import wait_for
 
 
 @pytest.fixture
@@ -23,24 +25,9 @@ def finished(api, job_id):
 
 
 def sse_events(api, job_id, last_event_id=None, stop_after=None):
-    """Read the SSE stream as (id, event, data) tuples until it closes or ``stop_after`` events."""
-    headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
-    events, current = [], {}
-    with api.stream("GET", f"/stream/status/{job_id}", headers=headers, timeout=30) as response:
-        assert response.headers["content-type"].startswith("text/event-stream")
-        for line in response.iter_lines():
-            if line.startswith(":"):
-                continue
-            if not line:
-                if current:
-                    events.append((current.get("id"), current.get("event"), json.loads(current["data"])))
-                    current = {}
-                    if stop_after and len(events) >= stop_after:
-                        break
-                continue
-            field, _, value = line.partition(":")
-            current[field] = value[1:] if value.startswith(" ") else value
-    return events
+    """The job's SSE stream as (id, event, data) tuples, until it closes or ``stop_after`` events."""
+    with contextlib.closing(sse.events(api, f"/stream/status/{job_id}", last_event_id=last_event_id)) as events:
+        return list(itertools.islice(events, stop_after))
 
 
 def test_chat_streams_the_answer_and_records_the_job(api, fake_llm):
@@ -122,8 +109,9 @@ def test_stats_health_metrics_and_openapi(api, fake_llm):
     assert stats["completed"] == 1 and stats["success_rate"] == 1.0 and stats["workers"] >= 2
     assert set(stats["queued"]) == {"high", "normal", "low"}
     health = api.get("/health")
-    assert health.status_code == 200 and health.json() == {"status": "ok", "redis": True, "ollama": True,
-                                                           "workers": stats["workers"]}
+    assert health.status_code == 200
+    assert {k: health.json()[k] for k in ("status", "redis", "ollama", "workers", "backends")} == \
+        {"status": "ok", "redis": True, "ollama": True, "workers": stats["workers"], "backends": {"ollama": "up"}}
     exposition = api.get("/metrics").text
     assert 'queuechat_jobs_total{status="completed"} 1.0' in exposition
     paths = api.get("/openapi.json").json()["paths"]

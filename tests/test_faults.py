@@ -8,25 +8,36 @@ import json
 import os
 import random
 import signal
-import subprocess
+import socket
 import time
 
 import httpx
 import pytest
 
-from tasks import jobs
-from tests.conftest import wait_for
-from tests.fake_ollama import Reply
-
-
-def pids_below(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+from devtools.fake_llm import Reply
+from devtools.figures import children
+from devtools.waiting import wait_for
+from tasks.connection import get_redis
+from tasks.fold import JobState
+from tasks.keys import WORKERS
+from tasks.store import sync_store
 
 
 def worker_processes(app) -> list[int]:
     """The dramatiq worker processes under main.py's supervisor (children of the CLI master)."""
-    return [child for master in pids_below(app.process.pid) for child in pids_below(master)]
+    return [child for master in children(app.pid) for child in children(master)]
+
+
+def booted_worker_processes(app) -> list[int]:
+    """main.py's worker processes once each has sent a heartbeat: booted, and working off the queue."""
+    pids = worker_processes(app)
+    scores = get_redis().zmscore(WORKERS, [f"{socket.gethostname()}:{pid}" for pid in pids]) if pids else []
+    now = get_redis().time()[0] * 1000
+    return pids if pids and all(score and score > now - 3000 for score in scores) else []
+
+
+def public(job_id: str) -> dict:
+    return sync_store().job(job_id).public()
 
 
 def terminal(api: httpx.Client, job_id: str) -> dict | None:
@@ -36,23 +47,25 @@ def terminal(api: httpx.Client, job_id: str) -> dict | None:
 
 def one_clean_attempt(job_id: str) -> tuple[str, int]:
     """(the answer a user sees, number of 'done' entries): tokens after the last reset, no mixing."""
-    entries = jobs.read_stream(job_id)
-    answer, _ = jobs.fold_entries(entries)
-    return answer, sum(1 for _, e in entries if e["k"] == "done")
+    entries = sync_store().stream(job_id)
+    state = JobState(job_id)
+    state.apply(entries)
+    return state.answer, sum(1 for _, e in entries if e["k"] == "done")
 
 
 def test_ten_worker_kills_under_load_lose_nothing_and_leak_no_slot(app_factory, fake_llm):
     fake_llm.set_default(None)
+    rng = random.Random(10)
     app = app_factory(WORKER_PROCESSES="2", WORKER_THREADS="4", QUEUE_CONCURRENCY="3")
     api = httpx.Client(base_url=app.url, timeout=10)
     ids = [api.post("/api/chat", json={"message": f"job {i} [[tokens=25]] [[delay=0.04]]",
-                                       "priority": random.choice(["high", "normal", "low"])}).json()["job_id"]
+                                       "priority": rng.choice(["high", "normal", "low"])}).json()["job_id"]
            for i in range(30)]
     for _ in range(10):
-        victims = wait_for(lambda: worker_processes(app), timeout=30, what="worker processes")
-        time.sleep(0.8)
+        # main.py restarts a CLI that died young after a growing delay (1, 2, 4 … 30 s)
+        victims = wait_for(lambda: booted_worker_processes(app), timeout=60, what="booted worker processes")
         with contextlib.suppress(ProcessLookupError):  # the master may have stopped its siblings already
-            os.kill(random.choice(victims), signal.SIGKILL)
+            os.kill(rng.choice(victims), signal.SIGKILL)
     for job_id in ids:
         job = wait_for(lambda: terminal(api, job_id), timeout=120, interval=0.2, what=f"job {job_id}")
         assert job["status"] == "completed", job
@@ -96,20 +109,21 @@ def test_redis_restart_while_jobs_wait_and_run(app_factory, redis_server, fake_l
     (Reply(text="a b c d", hang_after=2), "sent nothing for 1 s"),
     (Reply(status=500, error="boom"), "HTTP 500: boom"),
     (Reply(status=503, error="server busy"), "busy (HTTP 503)"),
-    (Reply(text="a b c", malformed_after=1), "malformed line"),
+    (Reply(text="a b c", malformed_after=1), "malformed reply"),
+    (Reply(text="a b c", wrong_shape_after=1), "malformed reply"),  # {"message": "text"}: a line of the wrong shape
 ])
 def test_llm_faults_retry_then_fail_with_the_reason(workers, fake_llm, reply, reason):
     fake_llm.set_default(reply)
     workers.start(QUEUE_MAX_RETRIES="1", LLM_FIRST_TOKEN_TIMEOUT="2", LLM_IDLE_TIMEOUT="1")
-    job_id = jobs.submit("hello", user="u").job_id
-    job = wait_for(lambda: jobs.get_job(job_id)["status"] == "failed" and jobs.get_job(job_id), timeout=40,
+    job_id = sync_store().submit("hello", user="u").job_id
+    job = wait_for(lambda: public(job_id)["status"] == "failed" and public(job_id), timeout=40,
                    what="the job to fail")
     assert job["attempts"] == 2 and reason in job["error"] and "gave up after 2 attempts" in job["error"]
     # No worker thread stayed stuck: the LLM healthy again, the next job completes at once.
     fake_llm.set_default(None)
     wait_for(lambda: fake_llm.active == 0, timeout=10, what="the fake LLM to be idle")
-    fine = jobs.submit("again", user="u").job_id
-    assert wait_for(lambda: jobs.get_job(fine)["status"] == "completed", timeout=15)
+    fine = sync_store().submit("again", user="u").job_id
+    assert wait_for(lambda: public(fine)["status"] == "completed", timeout=15)
 
 
 def test_app_restart_while_jobs_run_loses_nothing(app_factory, workers, fake_llm):
@@ -125,5 +139,5 @@ def test_app_restart_while_jobs_run_loses_nothing(app_factory, workers, fake_llm
     for job_id in ids:
         job = wait_for(lambda: terminal(api, job_id), timeout=60, interval=0.2)
         assert job["status"] == "completed" and one_clean_attempt(job_id)[1] == 1
-    done = [json.loads(e["d"]) for _, e in jobs.read_stream(ids[0]) if e["k"] == "done"]
+    done = [json.loads(e["d"]) for _, e in sync_store().stream(ids[0]) if e["k"] == "done"]
     assert done[0]["status"] == "completed"

@@ -6,9 +6,11 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from tests.conftest import wait_for
-from tests.fake_ollama import Reply
+from devtools.fake_llm import Reply
+from devtools.waiting import wait_for
+from tasks import identities
 
 
 @pytest.fixture
@@ -35,7 +37,9 @@ def fuzz(operation) -> None:
         response = case.call(timeout=5)
         assert response.status_code < 500, f"{case.method} {case.formatted_path}: {response.text[:300]}"
         assert "Traceback" not in response.text
-        case.validate_response(response)
+        # A schema-valid request may still be refused for what it means (an unknown model, a priority above the
+        # caller's ceiling, a full queue): that is a 4xx with a reason, not a schema violation.
+        case.validate_response(response, excluded_checks=[positive_data_acceptance])
 
     check()
 
@@ -47,7 +51,7 @@ def test_oversized_body_is_refused_before_it_is_read(api, r):
 
     def chunks():
         yield b'{"message": "'
-        for _ in range(100):
+        for _ in range(300):
             yield b"y" * 10_000
         yield b'"}'
 
@@ -81,9 +85,7 @@ def test_a_flooding_client_gets_429_and_others_are_unaffected(app_factory, r):
         assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
         assert "Too many requests" in refused.json()["detail"]
         assert flooder.get("/api/queue/stats").status_code == 200  # reading is not limited
-    from tasks.jobs import submit
-    from ui import limits
-
-    limits.check("user:someone-else")  # another client's budget is untouched
-    assert submit("still fine", user="someone-else").position >= 0
+        key, _ = identities.create_key("someone else")
+        other = flooder.post("/api/chat", json={"message": "still fine"}, headers={"Authorization": f"Bearer {key}"})
+        assert other.status_code == 202  # another identity's budget is untouched
     assert len(r.keys("qc:job:*")) == 21

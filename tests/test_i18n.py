@@ -13,7 +13,9 @@ import i18n
 from tasks import queue
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = sorted([*ROOT.glob('ui/**/*.py'), ROOT / 'i18n' / '__init__.py', ROOT / 'main.py'])
+# The pages' code (the API and its doors speak JSON, not the catalogs).
+SOURCES = sorted([*(path for path in ROOT.glob('ui/**/*.py') if 'doors' not in path.parts),
+                  ROOT / 'i18n' / '__init__.py', ROOT / 'main.py'])
 NAMESPACES = sorted({key.split('.')[0] for key in i18n.catalog('en')})
 LITERAL_KEY = re.compile(r"""['"]((?:%s)\.[a-z0-9_]+)['"]""" % '|'.join(NAMESPACES))
 DYNAMIC_KEY = re.compile(r"""f['"]((?:%s)\.)\{""" % '|'.join(NAMESPACES))
@@ -57,17 +59,19 @@ def test_every_key_used_in_the_code_exists() -> None:
 
 
 def test_keys_built_at_run_time_exist_for_every_value() -> None:
-    from ui.components import chat
+    from ui.chat.message_model import PHASES
+    from ui.state import OPTION_LIMITS
 
     catalog = i18n.catalog('en')
     families = {
         'priority.': list(queue.PRIORITY_LEVELS),
-        'status.': ['queued', 'running', *queue.TERMINAL],
-        'phase.': list(chat.PHASES),
+        'status.': [*queue.LIVE, *queue.TERMINAL],
+        'phase.': list(PHASES),
         'month.': [str(month) for month in range(1, 13)],
         'lang.': list(i18n.LANGUAGES),
         'error.': job_error_codes(),
         'job_error.': llm_error_codes(),
+        'options.': list(OPTION_LIMITS),
     }
     dynamic = {prefix for path in SOURCES if path.exists() for prefix in DYNAMIC_KEY.findall(path.read_text())}
     assert dynamic <= set(families), f'a key family built at run time is not covered here: {dynamic - set(families)}'
@@ -77,17 +81,20 @@ def test_keys_built_at_run_time_exist_for_every_value() -> None:
 
 
 def llm_error_codes() -> list[str]:
-    """Every error code a failed job can carry (tasks/llm.py's errors, and the worker's time limit)."""
-    source = (ROOT / 'tasks' / 'llm.py').read_text()
+    """Every error code a failed job can carry: the LLM clients' errors (tasks/llm/), the Lua steps' own
+    ('worker_lost', 'unknown_model') and the worker's time limit."""
+    source = "".join(path.read_text() for path in (ROOT / 'tasks' / 'llm').glob('*.py'))
     codes = set(re.findall(r'"((?:llm|model)_[a-z_]+)"\)', source)) - {'llm_error'}
-    assert {'llm_unreachable', 'model_missing', 'llm_busy'} <= codes
+    lua = "".join(path.read_text() for path in (ROOT / 'tasks' / 'lua').glob('*.lua') if path.stem != 'prelude')
+    codes |= set(re.findall(r"'error_code', '([a-z_]+)'", lua))
+    assert {'llm_unreachable', 'model_missing', 'llm_busy', 'worker_lost', 'unknown_model'} <= codes
     return sorted(codes | {'time_limit'})
 
 
 def job_error_codes() -> list[str]:
-    """Every code that tasks/ raises as a JobError (the UI shows each translated)."""
+    """Every code that tasks/ and the request limits raise as a JobError (the chat box shows each translated)."""
     codes = set()
-    for path in (ROOT / 'tasks').glob('*.py'):
+    for path in [*(ROOT / 'tasks').glob('*.py'), ROOT / 'ui' / 'limits.py']:
         codes |= set(re.findall(r'JobError\(\s*["\']([a-z_]+)["\']', path.read_text()))
     assert {'queue_full', 'message_too_long', 'empty_message'} <= codes
     return sorted(codes)

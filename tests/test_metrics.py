@@ -1,6 +1,7 @@
 """Figures computed from the Redis buckets."""
 
-from tasks import jobs, metrics
+from tasks import metrics
+from tasks.store import sync_store
 
 
 def test_success_rate_does_not_count_a_users_stop_as_a_failure():
@@ -11,8 +12,8 @@ def test_success_rate_does_not_count_a_users_stop_as_a_failure():
 
 def test_stats_and_prometheus_agree_on_real_redis(r):
     for i in range(3):
-        jobs.submit(f"m{i}", user="u", priority=("high", "normal", "low")[i])
-    jobs.cancel(jobs.history("u")[0]["job_id"])
+        sync_store().submit(f"m{i}", user="u", priority=("high", "normal", "low")[i])
+    sync_store().cancel(sync_store().history("u")[0].job_id)
     figures = metrics.stats()
     assert figures["queued"] == {"high": 1, "normal": 1, "low": 0} and figures["cancelled"] == 1
     assert figures["submitted"] == 3

@@ -2,12 +2,17 @@
 
 import subprocess
 import sys
+import time
 
+import httpx
 import pytest
 import redis
 
+from devtools.processes import ROOT, clean_environ
+from devtools.stack import App
 from tasks.redis_server import RedisServer, RedisServerError
-from tests.conftest import ROOT
+
+pytestmark = pytest.mark.redis  # each test starts a Redis of its own
 
 
 def test_data_survives_a_restart_and_a_second_server_on_the_same_folder_is_refused(tmp_path):
@@ -37,3 +42,21 @@ def test_a_second_main_py_on_the_same_data_dir_exits_with_a_clear_message(tmp_pa
         assert redis.Redis(port=running.port).ping()  # the first one is untouched
     finally:
         running.stop()
+
+
+@pytest.mark.workers
+def test_main_py_with_its_embedded_redis_stops_on_ctrl_c_at_once_without_a_traceback(tmp_path):
+    # NiceGUI closes its sessions' Redis connections in a shutdown handler of its own: Redis must outlive it; and
+    # a worker must get one SIGTERM (a second makes it exit in its signal handler, and it then hung until killed).
+    env = clean_environ(REDIS_URL="", OLLAMA_HOST="http://127.0.0.1:9", WORKER_PROCESSES="1",
+                        NICEGUI_STORAGE_PATH=str(tmp_path / "sessions"))
+    app = App(env, tmp_path).start()
+    try:
+        httpx.get(app.url + "/", timeout=10).raise_for_status()  # a browser session, kept in Redis
+        assert app.health()["redis"]
+    finally:
+        asked = time.monotonic()
+        app.stop()
+    assert app.process.returncode in (0, 130), app.log_tail()  # not killed after the 15 s stop() allows
+    assert time.monotonic() - asked < 12, app.log_tail()
+    assert "Traceback" not in app.output() and " ERROR " not in app.output(), app.log_tail()

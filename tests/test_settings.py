@@ -21,7 +21,7 @@ def test_fixed_names_and_defaults(monkeypatch):
     assert (settings.port, settings.host, settings.worker_processes, settings.max_prompt_chars) == \
         (8080, "127.0.0.1", 2, 8000)
     assert (settings.queue_concurrency, settings.queue_rate_per_min, settings.queue_max_retries,
-            settings.queue_max_waiting, settings.queue_recovery_seconds) == (3, 10, 3, 1000, 20)
+            settings.queue_max_waiting, settings.queue_recovery_seconds) == (1, 10, 3, 1000, 20)
 
 
 def test_environment_overrides(monkeypatch):

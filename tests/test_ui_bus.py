@@ -1,19 +1,22 @@
-"""The UI's Redis bus against a real Redis: fan-out of pub/sub, tailing watched Streams, health, and outages."""
+"""The UI's bus against a real Redis: news fanned out, followed jobs folded once and shared, health, outages."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis
 from nicegui import core
 
-from tasks import connection, queue
+from tasks import connection, keys
+from tasks.fold import newer
 from tasks.redis_server import RedisServer
 from tasks.settings import settings
-from ui.bus import Bus, newer
+from tasks.store import sync_store
+from ui.bus import Bus
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -22,7 +25,7 @@ pytestmark = pytest.mark.timeout(60)
 async def running_bus(**speeds: float) -> AsyncIterator[Bus]:
     core.loop = asyncio.get_running_loop()
     bus = Bus()
-    for name, value in {'POLL_SECONDS': 0.2, 'BLOCK_MS': 100, **speeds}.items():
+    for name, value in {'POLL_SECONDS': 0.2, **speeds}.items():
         setattr(bus, name, value)
     bus.start()
     try:
@@ -43,55 +46,64 @@ def run(test: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(test())
 
 
-def test_pubsub_is_fanned_out_and_queue_changes_are_coalesced(redis_server, r: redis.Redis) -> None:
+def token(client: redis.Redis, job_id: str, text: str) -> str:
+    return client.xadd(keys.stream(job_id), {'k': 'token', 'd': text, 'a': 1})
+
+
+def test_news_is_fanned_out_and_queue_changes_are_coalesced(redis_server, r: redis.Redis) -> None:
     async def test() -> None:
         async with running_bus() as bus:
-            jobs_seen: list[str] = []
-            queue_changes: list[None] = []
-            bus.job_changed.subscribe(jobs_seen.append)
+            users, conversations, queue_changes = [], [], []
+            bus.user_changed.subscribe(users.append)
+            bus.conversation_changed.subscribe(conversations.append)
             bus.queue_changed.subscribe(lambda: queue_changes.append(None))
-            await until(lambda: r.pubsub_numsub(queue.EVENTS)[0][1] == 1, what='the subscription')
-            r.publish(queue.EVENTS, 'job-a')
+            await until(lambda: r.pubsub_numsub(keys.EVENTS)[0][1] == 1, what='the subscription')
+            r.publish(keys.EVENTS, keys.USER_CHANGED + 'alice')
             for _ in range(20):
-                r.publish(queue.EVENTS, queue.QUEUE_CHANGED)
-            r.publish(queue.EVENTS, 'job-b')
-            await until(lambda: jobs_seen == ['job-a', 'job-b'], what='job events')
+                r.publish(keys.EVENTS, keys.QUEUE_CHANGED)
+            r.publish(keys.EVENTS, keys.CONVERSATION_CHANGED + 'c1')
+            await until(lambda: users == ['alice'] and conversations == ['c1'], what='user and conversation news')
             await until(lambda: queue_changes, what='a queue change')
             await asyncio.sleep(0.3)
             assert 1 <= len(queue_changes) <= 3  # a burst is one or two refreshes, not twenty
     run(test)
 
 
-def test_watched_streams_are_tailed_from_the_cursor_until_unwatched(redis_server, r: redis.Redis) -> None:
+def test_a_followed_job_is_folded_once_and_shared_until_unfollowed(redis_server, r: redis.Redis) -> None:
+    job_id = sync_store().submit('hello', user='alice').job_id
+
     async def test() -> None:
         async with running_bus() as bus:
-            received: dict[str, list[str]] = {'one': [], 'two': []}
-            bus.entries.subscribe(lambda job_id, items: received.setdefault(job_id, []).extend(
-                fields['d'] for _, fields in items))
-            early = r.xadd(queue.stream_key('one'), {'k': 'token', 'd': 'before', 'a': 1})
-            bus.watch('one', after=early)
-            bus.watch('two')
-            r.xadd(queue.stream_key('one'), {'k': 'token', 'd': 'A', 'a': 1})
-            r.xadd(queue.stream_key('two'), {'k': 'token', 'd': 'x', 'a': 1})
-            r.xadd(queue.stream_key('one'), {'k': 'token', 'd': 'B', 'a': 1})
-            await until(lambda: received['one'] == ['A', 'B'] and received['two'] == ['x'], what='tokens')
-            bus.watch('one')  # a second watcher shares the cursor: nothing is replayed
-            bus.unwatch('one')
-            r.xadd(queue.stream_key('one'), {'k': 'token', 'd': 'C', 'a': 1})
-            await until(lambda: received['one'] == ['A', 'B', 'C'], what='C')
-            bus.unwatch('one')
-            assert 'one' not in bus.watched
-            r.xadd(queue.stream_key('one'), {'k': 'token', 'd': 'D', 'a': 1})
-            r.xadd(queue.stream_key('two'), {'k': 'done', 'd': '{}', 'a': 1})
-            await until(lambda: received['two'] == ['x', '{}'], what='the done entry')
-            assert received['one'] == ['A', 'B', 'C']
+            first: list[list] = []
+            second: list[list] = []
+            early = token(r, job_id, 'before ')
+            job = await bus.follow(job_id, first.append)
+            assert job is not None and job.answer == 'before ' and job.status == 'queued'
+            await until(lambda: job.position == 0, what='the position of the waiting job')
+            token(r, job_id, 'A ')
+            await until(lambda: job.answer == 'before A ', what='A')
+            same = await bus.follow(job_id, second.append, after=early)  # replays what came after its id
+            assert same is job
+            assert [fields['d'] for batch in second for _, fields in batch] == ['A ']
+            token(r, job_id, 'B')
+            await until(lambda: job.answer == 'before A B', what='B')
+            await until(lambda: ['B'] in [[f['d'] for _, f in batch] for batch in second], what='B for both')
+            assert bus.followed == {job_id: 2}
+            bus.unfollow(job_id, first.append)
+            bus.unfollow(job_id, second.append)
+            assert bus.followed == {}
+            r.xadd(keys.stream(job_id), {'k': 'status', 'd': json.dumps({'status': 'running', 'cancel': True}),
+                                         'a': 1})
+            await asyncio.sleep(0.3)
+            assert not job.cancelling  # nobody follows it: nothing is read any more
+            assert await bus.follow('f' * 32, first.append) is None
     run(test)
 
 
 def test_health_reports_redis_llm_and_workers(redis_server, fake_llm, r: redis.Redis) -> None:
     async def test() -> None:
         seconds, micros = r.time()
-        r.zadd('qc:workers', {'w1': seconds * 1000 + micros // 1000, 'w2': seconds * 1000 + micros // 1000})
+        r.zadd(keys.WORKERS, {'w1': seconds * 1000 + micros // 1000, 'w2': seconds * 1000 + micros // 1000})
         async with running_bus() as bus:
             await until(lambda: bus.health.checked, what='the first poll')
             assert (bus.health.redis, bus.health.llm, bus.health.workers) == (True, True, 2)
@@ -99,40 +111,38 @@ def test_health_reports_redis_llm_and_workers(redis_server, fake_llm, r: redis.R
             stats = await bus.stats()
             assert stats is not None and stats['workers'] == 2
             assert len(await bus.series()) == 30
-            assert await bus.eta(None) is None and isinstance(await bus.eta(3), int)
     run(test)
 
 
+@pytest.mark.redis  # a Redis of its own, to kill
 def test_the_bus_survives_redis_going_away_and_coming_back(tmp_path) -> None:
     server = RedisServer(tmp_path / 'redis').start()
     settings.redis_url = server.url
     connection.reset_connections()
-    client = redis.Redis.from_url(server.url)
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    job_id = sync_store().submit('hello', user='bob').job_id
 
     async def test() -> None:
         async with running_bus() as bus:
             reconnections: list[None] = []
-            jobs_seen: list[str] = []
+            users: list[str] = []
             bus.reconnected.subscribe(lambda: reconnections.append(None))
-            bus.job_changed.subscribe(jobs_seen.append)
-            received: list[str] = []
-            bus.entries.subscribe(lambda job_id, items: received.extend(fields['d'] for _, fields in items))
-            bus.watch('job')
+            bus.user_changed.subscribe(users.append)
+            job = await bus.follow(job_id, lambda entries: None)
             await until(lambda: bus.health.checked and bus.health.redis, what='Redis up')
-            client.xadd(queue.stream_key('job'), {'k': 'token', 'd': 'before', 'a': 1})
-            await until(lambda: received == ['before'], what='the first token')
+            token(client, job_id, 'before ')
+            await until(lambda: job.answer == 'before ', what='the first token')
 
             server.kill()
             await until(lambda: not bus.health.redis, what='Redis reported down')
-            assert await bus.stats() is None or bus.health.redis is False
 
             server.start()
             await until(lambda: bus.health.redis, timeout=20, what='Redis reported up again')
             await until(lambda: reconnections, timeout=20, what='the reconnected event')
-            await until(lambda: client.pubsub_numsub(queue.EVENTS)[0][1] == 1, what='the new subscription')
-            client.publish(queue.EVENTS, 'after')
-            client.xadd(queue.stream_key('job'), {'k': 'token', 'd': 'after', 'a': 1})
-            await until(lambda: jobs_seen == ['after'] and received == ['before', 'after'], what='events again')
+            await until(lambda: client.pubsub_numsub(keys.EVENTS)[0][1] == 1, what='the new subscription')
+            client.publish(keys.EVENTS, keys.USER_CHANGED + 'bob')
+            token(client, job_id, 'after')
+            await until(lambda: users == ['bob'] and job.answer == 'before after', what='news again')
     try:
         run(test)
     finally:

@@ -1,8 +1,9 @@
 """The HTTP API beside the pages: JSON under /api, Server-Sent Events under /stream, /health and /metrics.
 
-Handlers that touch Redis synchronously are plain ``def`` so FastAPI runs them in its thread pool and the
-NiceGUI event loop never waits on Redis. Every refusal is a 4xx with ``{"detail", "code"}``: ``detail`` is
-for a person, ``code`` is what the UI translates.
+Handlers read and write through the job store's asyncio face (:mod:`tasks.store`), so the NiceGUI event loop
+never waits on Redis; SSE clients follow their job through the app's one shared reader (:mod:`ui.bus`) and hold
+no Redis connection of their own. Every refusal is a 4xx with ``{"detail", "code"}``: ``detail`` is for a
+person, ``code`` is what the UI translates.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import time
 from typing import Literal
 
 import redis
@@ -18,18 +18,28 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse
 
-from tasks import jobs, metrics, queue
-from tasks.connection import get_async_redis, get_redis
-from tasks.llm import OllamaClient
+from tasks import backends, metrics
+from tasks.fold import JobState
+from tasks.connection import get_async_redis
 from tasks.settings import settings
-from ui import limits
+from tasks.identities import Identity
+from tasks.store import JobError, Submitted, async_store
+from ui import bus, identity, limits
 
 router = APIRouter()
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-SSE_POLL_MS = 500
+EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+MAX_ID_PART = 2**64 - 1
+
+
+def is_event_id(value: str) -> bool:
+    """Whether ``value`` could be an id of a stream entry: two numbers of at most 64 bits. (Twenty digits may be
+    more than that, and Redis refuses such an id: the stream would end, silent, after its 200.)"""
+    return bool(EVENT_ID.match(value)) and all(int(part) <= MAX_ID_PART for part in value.split("-"))
 
 
 class ErrorBody(BaseModel):
@@ -37,15 +47,37 @@ class ErrorBody(BaseModel):
     code: str = Field(description="Stable error code (the UI translates it)")
 
 
-ERRORS = {status: {"model": ErrorBody} for status in (404, 409, 413, 422, 429)}
+ERRORS = {status: {"model": ErrorBody} for status in (400, 401, 403, 404, 409, 413, 422, 429)}
+
+
+class SamplingOptions(BaseModel):
+    """How the model samples its answer; anything unset is the server's default."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    num_ctx: int | None = Field(None, ge=256, le=1_048_576, description="Context length (Ollama servers)")
+    max_tokens: int | None = Field(None, ge=1, le=131_072, description="Longest answer, in tokens")
+
+
+def sampling(values: dict) -> dict:
+    """Sampling options given under other names (the doors'): checked like the API's own, the unset left out."""
+    try:
+        return SamplingOptions(**{k: v for k, v in values.items() if v is not None}).model_dump(exclude_none=True)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        raise JobError("invalid_request", f"Invalid options: {problems}.") from None
 
 
 class ChatRequest(BaseModel):
     message: str = Field(description="The question; non-blank, at most MAX_PROMPT_CHARS characters",
                          json_schema_extra={"minLength": 1, "maxLength": settings.max_prompt_chars, "pattern": r"\S"})
     priority: Literal["high", "normal", "low"] = "normal"
-    model: str | None = Field(None, max_length=200, description="Ollama model; default OLLAMA_MODEL")
+    model: str | None = Field(None, max_length=200, description="A model (or alias) some server offers; "
+                              "default OLLAMA_MODEL")
     conversation_id: str | None = Field(None, max_length=64, description="Continue this conversation")
+    options: SamplingOptions | None = None
 
 
 class ChatAccepted(BaseModel):
@@ -55,41 +87,72 @@ class ChatAccepted(BaseModel):
     position: int
 
 
-@router.post("/api/chat", status_code=202, response_model=ChatAccepted, responses=ERRORS,
-             dependencies=[Depends(limits.per_client)])
-def post_chat(body: ChatRequest, x_queuechat_user: str | None = Header(None, max_length=64)) -> dict:
-    """Queue a message. The answer streams from ``/stream/status/{job_id}``."""
-    submitted = jobs.submit(body.message, user=x_queuechat_user or "api", priority=body.priority,
-                            model=body.model, conversation_id=body.conversation_id)
-    return {"job_id": submitted.job_id, "conversation_id": submitted.conversation_id, "status": "queued",
-            "position": submitted.position}
+async def api_identity(request: Request) -> Identity:
+    """FastAPI dependency: who is calling (401 when nobody may be), counted against their request budget."""
+    who = identity.for_api(request)
+    await run_in_threadpool(limits.check_identity, who)
+    return who
+
+
+@router.post("/api/chat", status_code=202, response_model=ChatAccepted, responses=ERRORS)
+async def post_chat(body: ChatRequest, who: Identity = Depends(api_identity),
+                    idempotency_key: str | None = Header(None, max_length=200)) -> dict:
+    """Queue a message. The answer streams from ``/stream/status/{job_id}``.
+
+    With an ``Idempotency-Key`` header, repeating the same request (e.g. after a lost answer) within 24 h
+    returns the job the first one made instead of making another."""
+    submitted = await submit(who, body.message, priority=body.priority, model=body.model,
+                             conversation_id=body.conversation_id, idempotency_key=idempotency_key,
+                             options=body.options.model_dump(exclude_none=True) if body.options else None)
+    job = await async_store().job(submitted.job_id, user=who.id) if submitted.repeated else None
+    return {"job_id": submitted.job_id,
+            "conversation_id": job.conversation_id if job else submitted.conversation_id,
+            "status": "queued", "position": (job.position or 0) if job else submitted.position}
+
+
+async def submit(who: Identity, message: object, **fields) -> Submitted:
+    """The store's submit on behalf of ``who``: within their priority ceiling, waiting limit and daily quota.
+    Also used by the OpenAI and Ollama doors."""
+    await run_in_threadpool(limits.allow, who, fields.get("priority", "normal"))
+    return await async_store().submit(message, user=who.id, max_waiting=who.waiting_limit, **fields)
 
 
 @router.get("/api/jobs/{job_id}", responses=ERRORS)
-def get_job(job_id: str) -> dict:
+async def get_job(job_id: str, who: Identity = Depends(api_identity)) -> dict:
     """A job's status, live position and ETA, progress and answer so far."""
-    return with_eta(find_job(job_id))
+    return await public(await find_job(job_id, who))
 
 
-@router.delete("/api/jobs/{job_id}", responses=ERRORS, dependencies=[Depends(limits.per_client)])
-def delete_job(job_id: str) -> dict:
+@router.delete("/api/jobs/{job_id}", responses=ERRORS)
+async def delete_job(job_id: str, who: Identity = Depends(api_identity)) -> dict:
     """Cancel: a waiting job leaves the queue at once; a running one stops within a second."""
-    find_job(job_id)
-    outcome = jobs.cancel(job_id)
+    outcome = await async_store().cancel(job_id, user=who.id)
+    if outcome == "missing":
+        raise JobError("job_not_found", "No such job.", status=404)
     if outcome == "final":
-        raise jobs.JobError("already_finished", "The job has already finished.", status=409)
-    return {**jobs.get_job(job_id), "cancel": outcome}
+        raise JobError("already_finished", "The job has already finished.", status=409)
+    return {**await public(await find_job(job_id, who)), "cancel": outcome}
 
 
 @router.get("/stream/status/{job_id}", responses=ERRORS,
             response_description="text/event-stream: status, token, thinking, reset, done")
-async def stream_status(job_id: str, request: Request, last_event_id: str | None = Header(None)):
+async def stream_status(job_id: str, request: Request, last_event_id: str | None = Header(None, max_length=50),
+                        who: Identity = Depends(api_identity)):
     """Server-Sent Events for one job; reconnect with ``Last-Event-ID`` to resume without loss or repeats."""
-    raw = await get_async_redis().hgetall(queue.job_key(job_id)) if JOB_ID.match(job_id) else None
-    if not raw:
-        raise jobs.JobError("job_not_found", "No such job.", status=404)
-    after = last_event_id if last_event_id and re.match(r"^\d+-\d+$", last_event_id) else "0-0"
-    return EventSourceResponse(job_events(job_id, raw, after, request), ping=15)
+    await find_job(job_id, who)
+    if last_event_id is not None and not is_event_id(last_event_id):
+        raise JobError("bad_event_id", "Last-Event-ID must be an event id this stream sent (like 1700000000000-0).",
+                       status=400)
+    slot = limits.stream_slot(who)
+    return EventSourceResponse(job_events(job_id, last_event_id or "0-0", request, slot), ping=15,
+                               background=BackgroundTask(slot.release))  # also if the stream never started
+
+
+@router.get("/api/history", responses=ERRORS)
+async def get_history(who: Identity = Depends(api_identity)) -> dict:
+    """The caller's latest jobs (HISTORY_SIZE at most), newest first, without their answers (``GET
+    /api/jobs/{id}`` has each one's). The same from every app instance: it is read from Redis."""
+    return {"jobs": [job.public(with_answer=False) for job in await async_store().history(who.id)]}
 
 
 @router.get("/api/queue/stats")
@@ -106,10 +169,21 @@ def queue_series() -> list[dict]:
 
 @router.get("/api/models")
 async def models() -> dict:
-    """Models installed on the LLM server, and the default."""
-    async with OllamaClient() as llm:
-        names = await llm.list_models() if await llm.is_up() else []
-    return {"models": names, "default": settings.ollama_model}
+    """Every model some LLM server offers, where each can run, and the default (from the servers' last check,
+    not a call to them per request)."""
+    views = await models_by_server()
+    where: dict[str, list[str]] = {}
+    for view in views:
+        for model in view["models"] or []:
+            where.setdefault(model, []).append(view["name"])
+    aliases = {alias: list(members) for alias, members in backends.fleet().aliases.items()}
+    return {"models": sorted(where) + sorted(aliases), "default": settings.ollama_model, "servers": where,
+            "aliases": aliases}
+
+
+async def models_by_server() -> list[dict]:
+    """The servers as last checked (the bus's copy, refreshed every ~2 s; read from Redis before its first)."""
+    return bus.health.backends if bus.health.checked else await async_store().backends()
 
 
 @router.get("/health", responses={503: {"description": "Redis is down"}})
@@ -129,96 +203,119 @@ def prometheus() -> Response:
 
 
 def create(app: FastAPI) -> None:
-    """Install the routes and the error handlers on the NiceGUI (FastAPI) app."""
+    """Install the routes (with the OpenAI and Ollama doors) and the error handlers on the NiceGUI app."""
+    from ui.doors import ollama, openai
+
     app.include_router(router)
+    app.include_router(openai.router)
+    app.include_router(ollama.router)
     app.add_middleware(limits.BodySizeLimit, max_bytes=limits.max_body_bytes())
-    app.add_exception_handler(jobs.JobError, job_error)
+    app.add_exception_handler(JobError, job_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(redis.RedisError, redis_error)
 
 
 # --- helpers ------------------------------------------------------------------------------------------
 
-def find_job(job_id: str) -> dict:
-    job = jobs.get_job(job_id) if JOB_ID.match(job_id) else None
+async def find_job(job_id: str, who: Identity) -> JobState:
+    job = await async_store().job(job_id, user=who.id)
     if job is None:
-        raise jobs.JobError("job_not_found", "No such job.", status=404)
+        raise JobError("job_not_found", "No such job.", status=404)
     return job
 
 
-def with_eta(job: dict) -> dict:
-    return {**job, "eta_seconds": metrics.eta_seconds(job["position"])}
+async def public(job: JobState) -> dict:
+    """The job as the API shows it; a waiting job's ETA counts the servers that serve its model (none while
+    every one of them is down: then ``blocked`` says why, and no time can be promised)."""
+    body = job.public()
+    if job.waiting:
+        body["eta_seconds"] = None if job.blocked else await async_store().eta(job.position, job.model)
+    return body
 
 
-async def job_events(job_id: str, raw: dict, after: str, request: Request):
-    """Tail the job's Stream from ``after``; between entries, push position changes while it waits."""
-    client = get_async_redis()
-    key = queue.stream_key(job_id)
-    last_id, position, state = after, None, {}
-    while not await request.is_disconnected():
-        replies = await client.xread({key: last_id}, block=SSE_POLL_MS, count=500)
-        for entry_id, entry in replies[0][1] if replies else []:
-            last_id = entry_id
-            event = await entry_event(job_id, raw, entry, state)
-            if event:
-                yield {"id": entry_id, **event}
-            if entry["k"] == "done":
-                return
-        if state.get("status") == "queued":
-            moved = await client.zrank(queue.WAITING, job_id)
-            if moved != position:
-                position = moved
-                yield {"id": last_id, "event": "status", "data": status_json(raw, state, position)}
-        if not replies and not await client.exists(key):
-            final = await asyncio.to_thread(jobs.get_job, job_id)  # the stream expired long after the end
-            yield {"id": last_id, "event": "done", "data": json.dumps(final)}
+async def job_events(job_id: str, after: str, request: Request, slot: limits.StreamSlot):
+    """The job's stream from ``after`` on, as SSE events; between entries, position and ETA changes."""
+    changes: asyncio.Queue[list] = asyncio.Queue()
+    job = await bus.follow(job_id, changes.put_nowait, after=after)
+    try:
+        if job is None:
             return
+        last_id, shown = after, None
+        while not job.finished or not changes.empty():
+            try:
+                entries = await asyncio.wait_for(changes.get(), timeout=1.0)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    return
+                continue
+            for entry_id, entry in entries:
+                last_id = entry_id
+                event = entry_event(entry)
+                if event:
+                    yield {"id": entry_id, **event}
+                if entry.get("k") == "done":
+                    yield {"id": entry_id, "event": "done", "data": json.dumps(await final(job_id))}
+                    return
+            if job.waiting and (job.position, job.eta_seconds, job.blocked) != shown:
+                shown = (job.position, job.eta_seconds, job.blocked)
+                yield {"id": last_id, "event": "status", "data": json.dumps(job.public(with_answer=False))}
+        # ended before (or while) we looked, its 'done' entry before ``after`` or expired with the stream
+        yield {"id": last_id, "event": "done", "data": json.dumps(await final(job_id))}
+    finally:
+        bus.unfollow(job_id, changes.put_nowait)
+        slot.release()
 
 
-async def entry_event(job_id: str, raw: dict, entry: dict, state: dict) -> dict | None:
-    kind, data = entry["k"], entry.get("d", "")
+async def final(job_id: str) -> dict:
+    """The ended job as the API shows it (its stored answer, which may differ from the streamed tokens: a
+    suggestion is trimmed)."""
+    job = await async_store().job(job_id)
+    return job.public() if job else {"job_id": job_id, "status": "cancelled"}
+
+
+def entry_event(entry: dict) -> dict | None:
+    """A stream entry as an SSE event (``done`` is sent with the final job instead)."""
+    kind, data = entry.get("k"), entry.get("d", "")
     if kind == "token":
         return {"event": "token", "data": json.dumps({"text": data})}
     if kind == "think":
         return {"event": "thinking", "data": json.dumps({"text": data})}
     if kind == "reset":
-        return {"event": "reset", "data": json.dumps({"attempt": int(entry.get("a", 0))})}
-    state.update(json.loads(data))
-    if kind == "done":
-        final = await asyncio.to_thread(jobs.get_job, job_id)
-        return {"event": "done", "data": json.dumps(final)}
-    position = await get_async_redis().zrank(queue.WAITING, job_id) if state.get("status") == "queued" else None
-    return {"event": "status", "data": status_json(raw, state, position)}
-
-
-def status_json(raw: dict, state: dict, position: int | None) -> str:
-    body = jobs.public_job(raw, snapshot=state, position=position)
-    body["eta_seconds"] = metrics.eta_seconds(position) if position is not None else None
-    return json.dumps(body)
-
-
-_llm_health = {"checked": 0.0, "up": False}
+        return {"event": "reset", "data": json.dumps({"attempt": int(entry.get("a") or 0)})}
+    if kind == "status":
+        return {"event": "status", "data": data}
+    return None
 
 
 async def probe_health() -> dict:
+    """Redis now; the workers and LLM servers as the bus last saw them (every ~2 s)."""
     try:
-        await get_async_redis().ping()
+        workers = await metrics.workers_online(get_async_redis())
         redis_ok = True
-        workers = await asyncio.to_thread(metrics.workers_online, get_redis())
     except redis.RedisError:
         redis_ok, workers = False, 0
-    if time.monotonic() - _llm_health["checked"] > 3:
-        async with OllamaClient() as llm:
-            _llm_health.update(up=await llm.is_up(), checked=time.monotonic())
-    ok = redis_ok and _llm_health["up"] and workers > 0
-    return {"status": "ok" if ok else "degraded", "redis": redis_ok, "ollama": _llm_health["up"],
-            "workers": workers}
+    health = bus.health
+    servers = {view["name"]: view["state"] for view in health.backends}
+    default_ok = settings.ollama_model in health.models or not health.models
+    ok = redis_ok and health.llm and workers > 0 and default_ok
+    return {"status": "ok" if ok else "degraded", "redis": redis_ok, "ollama": health.llm, "llm": health.llm,
+            "workers": workers, "backends": servers,
+            "default_model": settings.ollama_model, "default_model_available": default_ok}
 
 
-async def job_error(request: Request, error: jobs.JobError) -> JSONResponse:
-    headers = {"Retry-After": "30"} if error.status == 429 else None
-    return JSONResponse({"detail": error.message, "code": error.code, **error.params}, status_code=error.status,
-                        headers=headers)
+async def job_error(request: Request, error: JobError) -> JSONResponse:
+    """A refusal, shaped as the caller's protocol expects it: OpenAI's and Ollama's doors have their own."""
+    from ui.doors import openai
+
+    headers = {"Retry-After": str(error.params.get("retry_after", 30))} if error.status == 429 else None
+    path = request.url.path
+    if path.startswith("/v1/"):
+        body = openai.error_body(error)
+    elif path.startswith("/ollama/"):
+        body = {"error": error.message, "code": error.code}
+    else:
+        body = {"detail": error.message, "code": error.code, **error.params}
+    return JSONResponse(body, status_code=error.status, headers=headers)
 
 
 async def validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
@@ -230,7 +327,7 @@ async def validation_error(request: Request, error: RequestValidationError) -> J
             problems.append("The request body is not valid JSON.")
         else:
             problems.append(f"{where or 'body'}: {item.get('msg', 'invalid')}.")
-    return JSONResponse({"detail": " ".join(problems), "code": "invalid_request"}, status_code=422)
+    return await job_error(request, JobError("invalid_request", " ".join(problems)))
 
 
 async def redis_error(request: Request, error: redis.RedisError) -> JSONResponse:

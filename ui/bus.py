@@ -1,32 +1,38 @@
-"""The app process's one live connection to the queue: pages subscribe here and never talk to Redis pub/sub.
+"""The app process's one live connection to the queue: pages and SSE clients follow jobs here, never in Redis.
+
+One pub/sub subscription, one XREAD loop over the streams of every job that someone follows, one health poll —
+for the whole process, however many pages and SSE clients are open (an idle follower holds no connection).
 
 Setup (main.py, before ``ui.run``)::
 
     from ui import bus
     bus.create()        # registers bus.start / bus.stop with app.on_startup / app.on_shutdown
-    # bus.start() does the same from inside a running event loop (idempotent)
 
-In a page or component (inside a UI context; subscriptions end with their client, or call ``unsubscribe``)::
+Following a job (a page's message, an SSE client)::
 
-    bus.job_changed.subscribe(on_job)        # on_job(job_id): that job's hash changed (status, phase, cancel, ...)
-    bus.queue_changed.subscribe(on_queue)    # on_queue(): positions may have moved (coalesced to <= 10 per second)
-    bus.reconnected.subscribe(on_resync)     # on_resync(): Redis is back after an outage; re-read what you show
-    bus.entries.subscribe(on_entries)        # on_entries(job_id, [(entry_id, {'k': ..., 'd': ..., 'a': ...}), ...])
-    bus.watch(job_id, after=last_id)         # tail that job's token Stream from ``after`` (reference-counted) ...
-    bus.unwatch(job_id)                      # ... until every watcher let go
+    job = await bus.follow(job_id, on_change)   # the job's shared JobState (tasks.fold), folded from its stream
+    # on_change(entries) is called with the entries that each change folded in (in order, once each; an empty
+    # list when only job.position / job.eta_seconds moved), until:
+    bus.unfollow(job_id, on_change)
+    job = await bus.follow(job_id, on_change, after=last_event_id)  # first replays the entries after that id
+
+Every follower of a job shares one :class:`~tasks.fold.JobState`: it is read and folded once, then kept up to date
+from the stream; positions and ETAs of the waiting ones are refreshed in one round trip whenever the queue moves
+(and every couple of seconds, for the ETAs to count down).
+
+Other news::
+
+    bus.queue_changed.subscribe(cb)          # cb(): positions may have moved (coalesced to <= 10 per second)
+    bus.user_changed.subscribe(cb)           # cb(user): that user's history or conversations changed
+    bus.conversation_changed.subscribe(cb)   # cb(conversation_id): it got a new job
+    bus.reconnected.subscribe(cb)            # cb(): Redis is back after an outage; re-read what you show
     bus.health                               # bindable: .redis (bool), .llm (bool), .workers (int), .models, .checked
     bus.health_changed.subscribe(cb)         # cb(): after a poll (every ~2 s) that changed something
     await bus.stats(); await bus.series()    # metrics.stats() / metrics.series(), cached for all pages
-    await bus.eta(position)                  # metrics.eta_seconds(position), cached briefly
-
-Following a job without gaps: (1) subscribe to ``bus.entries`` and buffer, (2) read the Stream yourself
-(``jobs.read_stream``) and fold it, (3) ``bus.watch(job_id, after=<last id read>)``, (4) apply entries whose id
-is newer than the last one applied. The bus only emits entries it read after (2) began, so nothing is lost, and
-comparing ids drops the duplicates.
 
 Redis going away is survived: every loop reconnects with backoff, ``health.redis`` is False meanwhile, and
-``reconnected`` fires once the pub/sub subscription is back (messages published meanwhile are lost, entries
-are not: Stream cursors resume where they were).
+``reconnected`` fires once the pub/sub subscription is back (messages published meanwhile are lost, stream
+entries are not: the stream cursors resume where they were).
 """
 
 from __future__ import annotations
@@ -35,22 +41,25 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
-from dataclasses import field
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from nicegui import Event, app, background_tasks, run
 from nicegui.binding import bindable_dataclass
 from redis.exceptions import RedisError
 
-from tasks import metrics, queue
-from tasks.connection import get_async_redis, get_redis
-from tasks.llm import LLMError, OllamaClient
+from tasks import backends, keys, metrics
+from tasks.connection import block_seconds, get_async_redis
+from tasks.eta import eta_seconds
+from tasks.fold import JobState, newer
+from tasks.settings import settings
+from tasks.store import async_store
 
 log = logging.getLogger('queuechat.ui.bus')
 
-STREAM_PREFIX = queue.stream_key('')
 REDIS_ERRORS = (RedisError, OSError, RuntimeError, asyncio.TimeoutError)
+Callback = Callable[[list], Any]
 
 
 @bindable_dataclass
@@ -58,106 +67,128 @@ class Health:
     """What the header shows; every field is bindable (``ui.label().bind_text_from(bus.health, 'workers')``)."""
 
     redis: bool = False
-    llm: bool = False
+    llm: bool = False      # at least one LLM server is up
     workers: int = 0
-    models: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)   # every model (and alias) some server offers
+    backends: list[dict] = field(default_factory=list)  # tasks.store.JobStore.backends()
     checked: bool = False  # False until the first poll finished
 
 
-class Bus:
-    """One pub/sub listener, one XREAD loop and one health poller for the whole app process."""
+@dataclass(eq=False)
+class Followed:
+    """A job someone follows: its shared state, where the tail has read its stream to, and who to tell."""
 
+    job: JobState | None = None
+    cursor: str = '0-0'
+    callbacks: list[Callback] = field(default_factory=list)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Bus:
     POLL_SECONDS = 2.0
-    MODELS_SECONDS = 15.0
-    BLOCK_MS = 250
     QUEUE_COALESCE_SECONDS = 0.1
+    POSITIONS_SECONDS = 2.0
     STATS_SECONDS = 0.9
     SERIES_SECONDS = 3.0
-    ETA_SECONDS = 2.0
 
     def __init__(self) -> None:
-        self.job_changed: Event[str] = Event()
         self.queue_changed: Event[[]] = Event()
-        self.entries: Event[str, list] = Event()
+        self.user_changed: Event[str] = Event()
+        self.conversation_changed: Event[str] = Event()
         self.reconnected: Event[[]] = Event()
         self.health_changed: Event[[]] = Event()
         self.health = Health()
-        self._cursors: dict[str, str] = {}
-        self._refs: Counter[str] = Counter()
-        self._watch_added = asyncio.Event()
-        self._queue_pending = asyncio.Event()
+        self._jobs: dict[str, Followed] = {}
+        self._tailing = asyncio.Event()
+        self._queue_moved = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._llm: OllamaClient | None = None
-        self._stats: dict | None = None
-        self._stats_at = 0.0
-        self._series: list[dict] | None = None
-        self._series_at = 0.0
-        self._eta: dict[int, tuple[float, int | None]] = {}
+        self._cache: dict[str, tuple[float, Any]] = {}
+        self._warned: set[str] = set()
         self._lock = asyncio.Lock()
 
-    # --- watching streams ---------------------------------------------------------------------------
+    # --- following jobs -----------------------------------------------------------------------------------
 
-    def watch(self, job_id: str, after: str = '0-0') -> None:
-        """Tail ``job_id``'s Stream from the entry after ``after`` (kept if already tailed). Reference-counted."""
-        self._refs[job_id] += 1
-        if job_id not in self._cursors:
-            self._cursors[job_id] = after if after not in ('', '-', '0') else '0-0'
-            self._watch_added.set()
+    async def follow(self, job_id: str, callback: Callback, after: str | None = None) -> JobState | None:
+        """Start telling ``callback`` about ``job_id``; returns the job's shared state (None: no such job).
 
-    def unwatch(self, job_id: str) -> None:
-        if self._refs[job_id] <= 1:
-            self._refs.pop(job_id, None)
-            self._cursors.pop(job_id, None)
+        With ``after`` (a stream entry id), the entries after it are given to ``callback`` first, so that an SSE
+        client resuming from its Last-Event-ID misses nothing and repeats nothing. Ownership is the caller's to
+        check (``async_store().job(job_id, user=...)``) before following.
+        """
+        followed = self._jobs.get(job_id)
+        if followed is None:
+            followed = self._jobs[job_id] = Followed()
+            try:
+                followed.job = job = await async_store().job(job_id)
+                if job is not None and job.waiting and not job.blocked:  # its first figures come with its ETA
+                    job.eta_seconds = await async_store().eta(job.position, job.model)
+            except REDIS_ERRORS:
+                followed.job = None
+            followed.ready.set()
+            if followed.job is None:
+                del self._jobs[job_id]
+                return None
+            followed.cursor = followed.job.cursor or '0-0'
+            self._tailing.set()
+            self._queue_moved.set()  # its position and ETA
         else:
-            self._refs[job_id] -= 1
+            await followed.ready.wait()
+            if followed.job is None:
+                return None
+        followed.callbacks.append(callback)
+        if after is not None:
+            backlog = await async_store().stream(job_id, after)
+            # entries the shared state holds already; a finished job read from its record holds them all
+            entries = [entry for entry in backlog if followed.job.finished or not newer(entry[0], followed.cursor)]
+            if entries:
+                callback(entries)
+        return followed.job
+
+    def unfollow(self, job_id: str, callback: Callback) -> None:
+        followed = self._jobs.get(job_id)
+        if followed is None:
+            return
+        with contextlib.suppress(ValueError):
+            followed.callbacks.remove(callback)
+        if not followed.callbacks:
+            del self._jobs[job_id]
 
     @property
-    def watched(self) -> dict[str, str]:
-        """Job id -> cursor of the Streams being tailed (a copy, for diagnostics and tests)."""
-        return dict(self._cursors)
+    def followed(self) -> dict[str, int]:
+        """Job id -> number of followers (a copy, for diagnostics and tests)."""
+        return {job_id: len(f.callbacks) for job_id, f in self._jobs.items()}
+
+    def _tell(self, followed: Followed, entries: list) -> None:
+        for callback in list(followed.callbacks):
+            try:
+                callback(entries)
+            except Exception:  # one broken follower must not starve the others
+                log.exception('a follower failed')
 
     # --- cached figures -------------------------------------------------------------------------------
 
     async def stats(self) -> dict | None:
         """``metrics.stats()``, at most once per ~second for all pages together; None while Redis is down."""
-        if time.monotonic() - self._stats_at < self.STATS_SECONDS:
-            return self._stats
-        async with self._lock:
-            if time.monotonic() - self._stats_at >= self.STATS_SECONDS:
-                self._stats = await self._call(metrics.stats)
-                self._stats_at = time.monotonic()
-        return self._stats
+        return await self._cached('stats', self.STATS_SECONDS, metrics.stats)
 
     async def series(self) -> list[dict] | None:
         """``metrics.series()`` (last 30 minutes), refreshed every few seconds."""
-        if time.monotonic() - self._series_at < self.SERIES_SECONDS:
-            return self._series
+        return await self._cached('series', self.SERIES_SECONDS, metrics.series)
+
+    async def _cached(self, name: str, seconds: float, function: Callable[[], Any]) -> Any:
+        at, value = self._cache.get(name, (float('-inf'), None))
+        if time.monotonic() - at < seconds:
+            return value
         async with self._lock:
-            if time.monotonic() - self._series_at >= self.SERIES_SECONDS:
-                self._series = await self._call(metrics.series)
-                self._series_at = time.monotonic()
-        return self._series
-
-    async def eta(self, position: int | None) -> int | None:
-        """``metrics.eta_seconds(position)``, cached per position for a couple of seconds."""
-        if position is None:
-            return None
-        cached = self._eta.get(position)
-        if cached and time.monotonic() - cached[0] < self.ETA_SECONDS:
-            return cached[1]
-        value = await self._call(metrics.eta_seconds, position)
-        if len(self._eta) > 1000:
-            self._eta.clear()
-        self._eta[position] = (time.monotonic(), value)
+            at, value = self._cache.get(name, (float('-inf'), None))
+            if time.monotonic() - at >= seconds:
+                try:
+                    value = await run.io_bound(function)
+                except REDIS_ERRORS as error:
+                    log.debug('%s failed: %s', name, error)
+                    value = None
+                self._cache[name] = (time.monotonic(), value)
         return value
-
-    @staticmethod
-    async def _call(function: Any, *args: Any) -> Any:
-        try:
-            return await run.io_bound(function, *args)
-        except REDIS_ERRORS as error:
-            log.debug('%s failed: %s', getattr(function, '__name__', function), error)
-            return None
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -165,13 +196,11 @@ class Bus:
         """Start the loops in the running event loop (idempotent)."""
         if self._tasks:
             return
-        self._watch_added = asyncio.Event()
-        self._queue_pending = asyncio.Event()
-        self._lock = asyncio.Lock()
-        if self._cursors:
-            self._watch_added.set()
+        self._tailing, self._queue_moved, self._lock = asyncio.Event(), asyncio.Event(), asyncio.Lock()
+        if self._jobs:
+            self._tailing.set()
         for name, loop in (('listen', self._listen), ('tail', self._tail), ('health', self._poll_health),
-                           ('queue', self._emit_queue_changes)):
+                           ('queue', self._emit_queue_changes), ('positions', self._refresh_positions)):
             self._tasks.append(background_tasks.create(loop(), name=f'bus-{name}'))
 
     async def stop(self) -> None:
@@ -181,30 +210,27 @@ class Bus:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
-        if self._llm is not None:
-            with contextlib.suppress(Exception):
-                await self._llm.http.aclose()
-            self._llm = None
 
     # --- the loops --------------------------------------------------------------------------------------
 
     async def _listen(self) -> None:
-        """Subscribe to qc:events and fan out; resubscribe after any failure."""
+        """Subscribe to the change channel and fan out; resubscribe after any failure."""
         delay, failed = 0.2, False
         while True:
             pubsub = None
             try:
                 pubsub = get_async_redis().pubsub(ignore_subscribe_messages=True)
-                await pubsub.subscribe(queue.EVENTS)
+                await pubsub.subscribe(keys.EVENTS)
                 delay = 0.2
                 if failed:
                     failed = False
                     log.info('Redis pub/sub is back')
                     self._set_health(redis=True)
+                    await self._reload()
                     self.reconnected.emit()
-                    self._queue_pending.set()
+                    self._queue_moved.set()
                 while True:
-                    message = await pubsub.get_message(timeout=1.0)
+                    message = await pubsub.get_message(timeout=block_seconds())
                     if message and message.get('type') == 'message':
                         self._dispatch(message['data'])
             except asyncio.CancelledError:
@@ -222,30 +248,66 @@ class Bus:
                         await pubsub.aclose()
 
     def _dispatch(self, data: str) -> None:
-        if data == queue.QUEUE_CHANGED:
-            self._queue_pending.set()
-        else:
-            self.job_changed.emit(data)
+        if data == keys.QUEUE_CHANGED:
+            self._queue_moved.set()
+        elif data.startswith(keys.USER_CHANGED):
+            self.user_changed.emit(data[len(keys.USER_CHANGED):])
+        elif data.startswith(keys.CONVERSATION_CHANGED):
+            self.conversation_changed.emit(data[len(keys.CONVERSATION_CHANGED):])
+        # a job id: its followers learn of the change from its stream
 
     async def _emit_queue_changes(self) -> None:
         """At most one queue_changed per 100 ms: a burst of submissions is one refresh for every page."""
         while True:
-            await self._queue_pending.wait()
-            self._queue_pending.clear()
+            await self._queue_moved.wait()
+            self._queue_moved.clear()
             self.queue_changed.emit()
+            await self._update_positions()
             await asyncio.sleep(self.QUEUE_COALESCE_SECONDS)
 
+    async def _refresh_positions(self) -> None:
+        """ETAs count down with time: refresh the waiting jobs' figures every couple of seconds."""
+        while True:
+            await asyncio.sleep(self.POSITIONS_SECONDS)
+            if any(f.job is not None and f.job.waiting for f in self._jobs.values()):
+                await self._update_positions()
+
+    async def _update_positions(self) -> None:
+        """Positions, ETAs and why a job can't start, of every followed waiting job: one round trip for the
+        positions, and one per line (model) for its clock — a line's ETA counts the slots of the servers that
+        serve it, not the whole fleet's. Followers are told of changes."""
+        waiting = {job_id: f for job_id, f in self._jobs.items() if f.job is not None and f.job.waiting}
+        if not waiting:
+            return
+        store = async_store()
+        try:
+            places = await store.places(list(waiting))
+            clocks = {line: await store.clock(line) for line in {f.job.model for f in waiting.values()}}
+        except REDIS_ERRORS as error:
+            log.debug('positions failed: %s', error)
+            return
+        for job_id, followed in waiting.items():
+            job = followed.job
+            position, why = places.get(job_id, (None, None))
+            if not job.waiting:
+                continue
+            eta = None if why else eta_seconds(position, clocks[job.model])
+            if (position, eta, why) != (job.position, job.eta_seconds, job.blocked):
+                job.position, job.eta_seconds, job.blocked = position, eta, why
+                self._tell(followed, [])
+
     async def _tail(self) -> None:
-        """One XREAD over every watched Stream; entries go out per job, in order."""
+        """One XREAD over every followed stream; entries folded into the shared state, then told, per job."""
         delay = 0.2
         while True:
-            if not self._cursors:
-                self._watch_added.clear()
-                await self._watch_added.wait()
+            streams = {keys.stream(job_id): f.cursor for job_id, f in self._jobs.items()
+                       if f.job is not None and not f.job.finished}
+            if not streams:
+                self._tailing.clear()
+                await self._tailing.wait()
                 continue
-            streams = {STREAM_PREFIX + job_id: cursor for job_id, cursor in self._cursors.items()}
             try:
-                reply = await get_async_redis().xread(streams, count=1000, block=self.BLOCK_MS)
+                reply = await get_async_redis().xread(streams, count=1000, block=int(block_seconds() * 1000))
                 delay = 0.2
             except asyncio.CancelledError:
                 raise
@@ -254,40 +316,63 @@ class Bus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 3.0)
                 continue
+            prefix = len(keys.stream(''))
             for key, items in (reply.items() if isinstance(reply, dict) else reply or []):
-                job_id = key[len(STREAM_PREFIX):]
-                if job_id not in self._cursors or not items:
+                followed = self._jobs.get(key[prefix:])
+                if followed is None or followed.job is None:
                     continue
-                items = [item for item in items if _newer(item[0], self._cursors[job_id])]
+                items = [item for item in items if newer(item[0], followed.cursor)]
                 if items:
-                    self._cursors[job_id] = items[-1][0]
-                    self.entries.emit(job_id, items)
+                    followed.cursor = items[-1][0]
+                    followed.job.apply(items)
+                    self._tell(followed, items)
+
+    async def _reload(self) -> None:
+        """After an outage: entries are read from the cursors on, but positions may be stale."""
+        for followed in self._jobs.values():
+            if followed.job is not None and followed.job.waiting:
+                followed.job.position = None
 
     async def _poll_health(self) -> None:
-        models_at = float('-inf')
         while True:
             try:
-                if await self._check_health(models_due=time.monotonic() - models_at > self.MODELS_SECONDS):
-                    models_at = time.monotonic()
+                await self._check_health()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the poller must outlive any surprise
                 log.exception('health poll failed')
             await asyncio.sleep(self.POLL_SECONDS)
 
-    async def _check_health(self, models_due: bool) -> bool:
-        """Poll Redis, workers and the LLM once; True when the model list was refreshed."""
+    async def _check_health(self) -> None:
+        """Redis, the workers and the LLM servers, once. The servers are checked by whichever process's turn it
+        is (tasks.backends.discover); what they found is read from Redis, so every app instance agrees."""
         redis_ok = await self._ping()
-        workers = await self._call(metrics.workers_online, get_redis()) if redis_ok else 0
-        if self._llm is None:
-            self._llm = OllamaClient()
-        llm_ok = await self._llm.is_up()
-        models, refreshed = self.health.models, False
-        if llm_ok and models_due:
-            with contextlib.suppress(LLMError):
-                models, refreshed = sorted(await self._llm.list_models()), True
-        self._set_health(redis=redis_ok, llm=llm_ok, workers=int(workers or 0), models=models, checked=True)
-        return refreshed
+        workers, views = 0, self.health.backends
+        if redis_ok:
+            with contextlib.suppress(*REDIS_ERRORS):
+                store = async_store()
+                await backends.discover(store)
+                views = await store.backends()
+                workers = await metrics.workers_online(get_async_redis())
+        models = sorted({m for view in views for m in view['models'] or []} | set(backends.fleet().aliases))
+        llm = any(view['state'] == 'up' for view in views)
+        self._warn(redis_ok, llm, models, views)
+        self._set_health(redis=redis_ok, llm=llm, workers=int(workers or 0), models=models, backends=views,
+                         checked=True)
+
+    def _warn(self, redis_ok: bool, llm: bool, models: list[str], views: list[dict]) -> None:
+        """Say on the console what keeps answers from coming — once each time it becomes true."""
+        problems = set()
+        if redis_ok and views and all(view['state'] != 'unknown' for view in views):
+            if not llm:
+                problems.add('No LLM server can be reached: ' + ', '.join(view['name'] for view in views) +
+                             ' (see /health; set OLLAMA_HOST or LLM_BACKENDS)')
+            elif models and settings.ollama_model not in models:
+                problems.add(f'No LLM server offers the default model {settings.ollama_model!r} (OLLAMA_MODEL): pull '
+                             f'it, or pick one of {", ".join(models[:8])}')
+        for problem in problems - self._warned:
+            log.warning(problem)
+        self._warned = problems
 
     @staticmethod
     async def _ping() -> bool:
@@ -306,35 +391,17 @@ class Bus:
             self.health_changed.emit()
 
 
-def _newer(entry_id: str, cursor: str) -> bool:
-    return _id_key(entry_id) > _id_key(cursor)
-
-
-def _id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition('-')
-    try:
-        return int(ms), int(seq or 0)
-    except ValueError:
-        return 0, 0
-
-
-def newer(entry_id: str, cursor: str | None) -> bool:
-    """Whether Stream entry ``entry_id`` comes after ``cursor`` (None = before everything)."""
-    return cursor is None or _newer(entry_id, cursor)
-
-
 bus = Bus()
-job_changed = bus.job_changed
 queue_changed = bus.queue_changed
-entries = bus.entries
+user_changed = bus.user_changed
+conversation_changed = bus.conversation_changed
 reconnected = bus.reconnected
 health_changed = bus.health_changed
 health = bus.health
-watch = bus.watch
-unwatch = bus.unwatch
+follow = bus.follow
+unfollow = bus.unfollow
 stats = bus.stats
 series = bus.series
-eta = bus.eta
 _registered = False
 
 

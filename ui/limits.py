@@ -1,45 +1,118 @@
-"""Per-client request limits (API_RATE_PER_MIN), shared by the API and the chat box.
+"""Per-client request limits (API_RATE_PER_MIN), shared by the API and the chat box, and the body-size limit.
 
-A one-minute fixed window per client in Redis: simple, shared by every app replica, and bounded in memory
-(each counter expires with its window).
+Requests per minute are counted in a sliding window by the ``limits`` package, in the same Redis (under its own
+key prefix), so every app replica shares one budget per client.
 """
 
 from __future__ import annotations
 
-from fastapi import Request
+import time
 
-from tasks.connection import KEY_PREFIX, get_redis
-from tasks import jobs
-from tasks.jobs import JobError
+from collections import Counter
+from collections.abc import Callable
+
+from limits import RateLimitItemPerDay, RateLimitItemPerMinute
+from limits.storage import RedisStorage
+from limits.strategies import SlidingWindowCounterRateLimiter
+
+from tasks.connection import get_redis, redis_url
+from tasks.identities import Identity
+from tasks.queue import PRIORITY_LEVELS
 from tasks.settings import settings
+from tasks.store import JobError, Submitted, sync_store
+
+KEY_PREFIX = "qc-limits"
+_limiter: tuple[object, SlidingWindowCounterRateLimiter] | None = None
 
 
-def check(client_key: str) -> None:
+def limiter() -> SlidingWindowCounterRateLimiter:
+    """The limiter on this process's Redis pool (rebuilt when the pool changes, e.g. between tests)."""
+    global _limiter
+    pool = get_redis().connection_pool
+    if _limiter is None or _limiter[0] is not pool:
+        storage = RedisStorage(redis_url(), connection_pool=pool, key_prefix=KEY_PREFIX)
+        _limiter = (pool, SlidingWindowCounterRateLimiter(storage))
+    return _limiter[1]
+
+
+def check(client_key: str, per_minute: int | None = None) -> None:
     """Count one request of ``client_key``; raise a 429 JobError when it is over the limit."""
-    if not settings.api_rate_per_min:
+    per_minute = per_minute or settings.api_rate_per_min
+    if not per_minute:
         return
-    client = get_redis()
-    seconds, _ = client.time()
-    window = int(seconds) // 60
-    key = f"{KEY_PREFIX}rl:{client_key}:{window}"
-    pipe = client.pipeline()
-    pipe.incr(key)
-    pipe.expire(key, 61)
-    count, _ = pipe.execute()
-    if count > settings.api_rate_per_min:
-        raise JobError("rate_limited", f"Too many requests: at most {settings.api_rate_per_min} a minute. "
-                       f"Try again in {60 - int(seconds) % 60} s.", status=429, limit=settings.api_rate_per_min)
+    item = RateLimitItemPerMinute(per_minute)
+    if not limiter().hit(item, client_key):
+        raise _refused(item, client_key, "rate_limited", f"Too many requests: at most {per_minute} a minute.")
 
 
-def submit_for_user(message: str, *, user: str, **options):
-    """``tasks.jobs.submit`` for the chat box, counted against this browser user's request budget."""
-    check("user:" + user)
-    return jobs.submit(message, user=user, **options)
+def check_identity(who: Identity) -> None:
+    """One request of ``who``: its own per-minute limit (an API key's), else API_RATE_PER_MIN."""
+    check("id:" + who.id, who.rate_per_min or None)
 
 
-def per_client(request: Request) -> None:
-    """FastAPI dependency: limit by the caller's address."""
-    check("ip:" + (request.client.host if request.client else "unknown"))
+def check_quota(who: Identity) -> None:
+    """One job of ``who`` against its daily quota (an API key's ``--quota``), if it has one."""
+    if who.quota_per_day:
+        item = RateLimitItemPerDay(who.quota_per_day)
+        if not limiter().hit(item, "quota:" + who.id):
+            raise _refused(item, "quota:" + who.id, "quota_exceeded",
+                           f"Your daily quota of {who.quota_per_day} messages is used up.")
+
+
+def _refused(item, key: str, code: str, message: str) -> JobError:
+    reset = limiter().get_window_stats(item, key).reset_time
+    wait = max(1, int(reset - time.time()) + 1)
+    return JobError(code, f"{message} Try again in {wait} s.", status=429, limit=item.amount, retry_after=wait)
+
+
+def allow(who: Identity, priority: object) -> None:
+    """What ``who`` may submit: a priority within their ceiling (403, not a silent downgrade), one more job of
+    their daily quota."""
+    if isinstance(priority, str) and priority in PRIORITY_LEVELS and not who.may_use(priority):
+        raise JobError("priority_not_allowed", f"Priority {priority!r} is above what you may use "
+                       f"({who.max_priority}).", status=403, allowed=who.max_priority)
+    check_quota(who)
+
+
+def submit_as(who: Identity, message: str, **options) -> Submitted:
+    """The store's submit for the chat box on behalf of ``who``: their request budget, ceiling, quota and
+    waiting limit."""
+    check_identity(who)
+    allow(who, options.get("priority", "normal"))
+    return sync_store().submit(message, user=who.id, max_waiting=who.waiting_limit, **options)
+
+
+class StreamSlot:
+    """One of the open streams an identity may hold in this app process (MAX_STREAMS_PER_CLIENT); released
+    when the stream ends. Refused with 429 beyond the limit."""
+
+    open: Counter[str] = Counter()
+
+    def __init__(self, who: Identity) -> None:
+        if self.open[who.id] >= settings.max_streams_per_client:
+            raise JobError("too_many_streams", f"At most {settings.max_streams_per_client} open streams per "
+                           "client: close one first.", status=429, limit=settings.max_streams_per_client)
+        self.who, self.held = who, True
+        self.open[who.id] += 1
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self.open[self.who.id] -= 1
+            if self.open[self.who.id] <= 0:
+                del self.open[self.who.id]
+
+
+def stream_slot(who: Identity) -> StreamSlot:
+    return StreamSlot(who)
+
+
+def open_page(who: Identity, client_id: str) -> Callable[[], None]:
+    """A page of ``who`` opens: counted against their request budget and their open streams (a page holds a
+    websocket as an SSE client holds a stream); returns what to call when it closes. JobError 429 beyond."""
+    check_identity(who)
+    slot = StreamSlot(who)
+    return slot.release
 
 
 class BodySizeLimit:
@@ -86,5 +159,6 @@ class BodySizeLimit:
 
 
 def max_body_bytes() -> int:
-    """Room for the longest message (4 bytes per character in UTF-8) and the other fields."""
-    return settings.max_prompt_chars * 4 + 4096
+    """Room for the longest chat a door's client may send (32 messages' worth, 4 bytes per character in UTF-8)
+    and the other fields; each field's own limit is checked after."""
+    return settings.max_prompt_chars * 32 * 4 + 65536

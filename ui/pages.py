@@ -9,10 +9,13 @@ the composer and the sidebar stay as they are.
 from __future__ import annotations
 
 from nicegui import ui
+from nicegui.context import context
 
 import i18n
-from ui import theme
-from ui.components import chat
+from tasks.store import JobError
+from ui import design, frame, limits
+from ui.chat.errors import refusal_text
+from ui.chat import composer, thread
 from ui.state import PageState
 
 
@@ -24,14 +27,23 @@ def create() -> None:
 
 def index() -> None:
     lang = i18n.init_language()
-    theme.follow_language(lang)
+    frame.follow_language(lang)
     state = PageState.for_current_user()
-    with theme.frame(state):
-        ui.sub_pages({'/': thread, '/c/{conversation_id}': thread}, data={'state': state}) \
+    try:
+        context.client.on_delete(limits.open_page(state.identity, context.client.id))
+    except JobError as error:  # too many pages or requests from this user: say so, and build nothing heavy
+        design.apply()
+        with ui.column().classes('w-full items-center text-center gap-3 pt-[20vh] px-4') \
+                .props('data-testid=too-many-pages'):
+            i18n.text(ui.label(), 'error.page_refused_title').classes(design.HEADLINE)
+            ui.label(refusal_text(error)).classes(design.BODY)
+        return
+    with frame.frame(state):
+        ui.sub_pages({'/': conversation, '/c/{conversation_id}': conversation}, data={'state': state}) \
             .classes('qc-main').props('data-testid=chat-view')
-        chat.composer(state)
+        composer.create(state)
 
 
-def thread(state: PageState, conversation_id: str = '', m: str = '') -> None:
-    """The sub page: one conversation's messages (``m``: a job id to scroll to and highlight)."""
-    chat.create(state, conversation_id or None, focus=m or None)
+def conversation(state: PageState, conversation_id: str = '', m: str = '') -> None:
+    """The sub page: one conversation's thread (``m``: a job id to scroll to and highlight)."""
+    thread.create(state, conversation_id or None, focus=m or None)

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
 import redis
-from playwright.sync_api import BrowserContext, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from tests.conftest import CHROMIUM_ARGS, App, find_chromium, wait_for
+from devtools.browser import ChromiumMissing, chromium
+from devtools.stack import App
+from devtools.waiting import wait_for
 
 expect.set_options(timeout=20_000)
 
 
 @pytest.fixture(scope="module")
-def e2e_app(module_env, tmp_path_factory) -> Iterator[App]:
+def e2e_app(stack_env, tmp_path_factory) -> Iterator[App]:
     """main.py with its supervised workers, as a user runs it (but on the tests' Redis and fake LLM)."""
-    app = App({**module_env, "WORKER_PROCESSES": "2", "WORKER_THREADS": "4"}, tmp_path_factory.mktemp("e2e"))
+    app = App({**stack_env, "WORKER_PROCESSES": "2", "WORKER_THREADS": "4"}, tmp_path_factory.mktemp("e2e"))
     app.start()
     yield app
     app.stop()
@@ -63,17 +66,12 @@ def last_message(page: Page):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser() -> Iterator[Browser]:
     """One Chromium per test module. Not per session: Playwright's sync API keeps an event loop running in
     this thread while it is open, and later tests that call asyncio.run() must not inherit it."""
-    from playwright.sync_api import Error, sync_playwright
-
-    with sync_playwright() as playwright:
+    with contextlib.ExitStack() as stack:
         try:
-            chromium = playwright.chromium.launch(executable_path=find_chromium(), args=CHROMIUM_ARGS)
-        except Error as error:
-            pytest.fail("No Chromium found for the end-to-end tests. Install one: `sudo apt-get install chromium` "
-                        "(or set CHROMIUM_PATH, or run `uv run playwright install chromium`).\n" + str(error),
-                        pytrace=False)
-        yield chromium
-        chromium.close()
+            launched = stack.enter_context(chromium())
+        except ChromiumMissing as error:
+            pytest.fail(f"No Chromium for the end-to-end tests. {error}", pytrace=False)
+        yield launched

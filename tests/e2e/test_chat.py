@@ -6,9 +6,9 @@ import re
 
 from playwright.sync_api import expect
 
-from tests.conftest import wait_for
+from devtools.fake_llm import Reply
+from devtools.waiting import wait_for
 from tests.e2e.conftest import last_message, send
-from tests.fake_ollama import Reply
 
 
 def test_send_streams_the_answer_and_a_reload_mid_stream_continues(page, fake_llm):
@@ -95,3 +95,48 @@ def test_shift_enter_is_a_new_line(page, r):
     box.type("line two")
     expect(box).to_have_value("line one\nline two")
     assert not r.keys("qc:job:*")
+
+
+def test_a_streamed_answer_is_rendered_in_blocks_and_looks_like_the_whole_answer(page, fake_llm):
+    paragraphs = [f"Paragraph {i} has a few words of its own.\n\n" for i in range(8)]
+    code = "```python\ndef f(x):\n    return x < 3  # a <b>comparison</b>\n```\n\n"
+    tokens = [*paragraphs[:4], "- one\n", "- two\n\n", code, *paragraphs[4:], "The end."]
+    fake_llm.script(Reply(tokens=tokens, token_delay=0.15))
+    send(page, "blocks please")
+    answer = last_message(page).get_by_test_id("answer")
+    expect(answer).to_contain_text("The end.", timeout=30_000)
+    expect(last_message(page).get_by_test_id("message-status")).to_have_text("Completed")
+    assert answer.locator(".qc-md").count() > 5, "finished blocks are elements of their own"
+    expect(answer.locator("pre")).to_contain_text("return x < 3  # a <b>comparison</b>")
+    streamed = answer.evaluate("e => [e.innerText, e.getBoundingClientRect().height]")
+    page.reload()
+    answer = last_message(page).get_by_test_id("answer")
+    expect(answer).to_contain_text("The end.")
+    assert answer.locator(".qc-md").count() == 1  # loaded finished: rendered whole
+    assert answer.evaluate("e => [e.innerText, e.getBoundingClientRect().height]") == streamed
+
+
+def test_an_answer_cut_at_its_length_limit_says_so(page, fake_llm):
+    fake_llm.script(Reply(text="An answer that runs out of", done_reason="length"))
+    send(page, "a long one")
+    message = last_message(page)
+    expect(message.get_by_test_id("message-status")).to_have_text("Completed")
+    expect(message.get_by_test_id("message-note")).to_have_text("The answer was cut at its length limit.")
+
+
+def test_answer_settings_go_with_the_conversation_to_the_llm(page, fake_llm):
+    page.get_by_test_id("options-button").click()
+    page.get_by_test_id("option-temperature").fill("0.2")
+    page.get_by_test_id("option-max_tokens").fill("3")
+    page.keyboard.press("Escape")
+    fake_llm.script(Reply(tokens=["one ", "two ", "three ", "four ", "five"]))
+    send(page, "count for me")
+    message = last_message(page)
+    expect(message.get_by_test_id("message-status")).to_have_text("Completed")
+    expect(message.get_by_test_id("answer")).to_have_text("one two three")  # cut at three tokens
+    expect(message.get_by_test_id("message-note")).to_contain_text("length limit")
+    options = fake_llm.requests[-1]["options"]
+    assert options["temperature"] == 0.2 and options["num_predict"] == 3
+    send(page, "and again")  # the same conversation keeps its settings
+    expect(last_message(page).get_by_test_id("message-status")).to_have_text("Completed")
+    assert fake_llm.requests[-1]["options"]["num_predict"] == 3

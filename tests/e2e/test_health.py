@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
+from devtools.fake_llm import FakeLLM
 from tests.e2e.conftest import last_message, send
-from tests.fake_ollama import FakeOllama
 
 
 def test_llm_chip_turns_red_when_ollama_is_gone_and_green_when_it_is_back(app_factory, browser):
-    llm = FakeOllama().start()
+    llm = FakeLLM().start()
     port = llm.port
     app = app_factory(OLLAMA_HOST=llm.url, WORKER_PROCESSES="1")
     context = browser.new_context(base_url=app.url)
@@ -22,7 +22,7 @@ def test_llm_chip_turns_red_when_ollama_is_gone_and_green_when_it_is_back(app_fa
         expect(chip).to_have_attribute("data-state", "down", timeout=15_000)
         send(page, "are you there?")
         expect(last_message(page).get_by_test_id("attempt")).to_be_visible(timeout=20_000)  # retrying meanwhile
-        llm = FakeOllama(port=port).start()
+        llm = FakeLLM(port=port).start()
         expect(chip).to_have_attribute("data-state", "ok", timeout=15_000)
         expect(last_message(page).get_by_test_id("answer")).to_have_text("You said: are you there?", timeout=30_000)
     finally:

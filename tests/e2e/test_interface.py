@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from playwright.sync_api import expect
 
-from tests.conftest import wait_for
+from devtools.fake_llm import Reply
+from devtools.waiting import wait_for
 from tests.e2e.conftest import last_message, send
-from tests.fake_ollama import Reply
 
 
 def test_priority_applies_to_the_next_message_and_is_shown(page, r):
@@ -79,11 +79,18 @@ def test_default_language_follows_the_browser(new_context):
 
 
 def test_suggested_question_lands_in_the_input(page, fake_llm):
-    fake_llm.script(Reply(text='"What makes a queue fair?"'))
+    fake_llm.script(Reply(text='Sure! Here is one:\n\n1. "What makes a queue fair?"\n2. Why do we wait in line?'))
     page.get_by_test_id("suggest-button").click()
     expect(page.get_by_test_id("message-input")).to_have_value("What makes a queue fair?")
     request = wait_for(lambda: fake_llm.requests, what="the suggestion request")[-1]
     assert "question" in request["messages"][-1]["content"]
+
+
+def test_a_suggestion_with_no_usable_question_says_so(page, fake_llm):
+    fake_llm.script(Reply(text="Suggest one interesting, specific question someone might ask an AI assist"))
+    page.get_by_test_id("suggest-button").click()
+    expect(page.get_by_test_id("composer-error")).to_contain_text("no usable question")
+    expect(page.get_by_test_id("message-input")).to_have_value("")
 
 
 def test_model_picker_lists_the_llm_servers_models(page, fake_llm):

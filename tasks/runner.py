@@ -1,0 +1,208 @@
+"""One attempt at one admitted job: the LLM call, streamed into the job's stream, under a lease.
+
+The attempt holds a lease (``leases``, renewed four times a second) that it gives up *before* it runs out: when
+a renewal can't get through (Redis is gone, or the link to it went silent), the call is stopped at the local
+deadline, so that the job can be handed to another worker without two calls ever running for it. A frozen
+process can't stop anything; on waking it finds its deadline past and writes nothing (and main.py kills it on
+its own host before the job is reaped, see :mod:`tasks.supervisor`).
+
+The LLM call and the lease keeper run as two tasks; whichever ends first ends the other, and both are cancelled
+and awaited on every way out — a Stop, a lost lease, our own time limit, Dramatiq's time limit or shutdown —
+so the HTTP stream to the LLM is always closed when the attempt ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+from redis.exceptions import RedisError
+
+from tasks import queue, suggestions
+from tasks.backends import fleet
+from tasks.fold import JobState
+from tasks.llm import LLMError, Options, PermanentLLMError, TransientLLMError, classify
+from tasks.llm.base import Chunk, Client
+from tasks.retries import AttemptFailed
+from tasks.settings import settings
+from tasks.store import JobStore
+
+log = logging.getLogger("queuechat.runner")
+
+POLL_SECONDS = 0.25   # lease renewals and cancel checks
+
+
+class LeaseLost(Exception):
+    """The lease ran out (or was taken away): stop, write nothing more."""
+
+
+class JobRun:
+    def __init__(self, store: JobStore, admission: queue.Admission) -> None:
+        self.store, self.scripts = store, store.scripts
+        self.job_id, self.epoch = admission.job_id, admission.epoch
+        self.job = JobState.from_record(admission.record)
+        self.backend, self.model = fleet().get(admission.backend), admission.model
+        self.lease_seconds = settings.lease_ttl_ms / 1000
+        # Stop a little before the lease would run out in Redis: renewals are dated by when they were sent.
+        self.margin = min(1.0, self.lease_seconds / 4)
+        self.deadline = time.monotonic() + self.lease_seconds - self.margin
+        self.answer: list[str] = []
+        self.thinking: list[str] = []
+        self.progress = 5
+        self.done: Chunk | None = None
+
+    async def run(self) -> None:
+        """Run the attempt and end it the right way; a transient failure raises :class:`AttemptFailed`."""
+        limit = asyncio.timeout(settings.job_time_limit)
+        try:
+            async with limit:
+                outcome = await self.attempt()
+        except TimeoutError if limit.expired() else ():  # our own limit, below Dramatiq's
+            await self.finish("failed", error=f"The answer took longer than the time limit "
+                              f"({settings.job_time_limit:g} s).", error_code="time_limit")
+        except asyncio.CancelledError:  # Dramatiq's own time limit or its shutdown: the call is closed already
+            await asyncio.shield(self.finish("failed", error="The answer was stopped by the worker's time limit.",
+                                             error_code="time_limit"))
+            raise
+        except PermanentLLMError as error:
+            await self.finish("failed", error=str(error), error_code=error.code)
+        except Exception as error:  # every other failure counts as an attempt, whatever it is
+            failure = await self.server_gone(classify(error))
+            if not isinstance(failure, TransientLLMError):
+                await self.finish("failed", error=str(failure), error_code=failure.code)
+                return
+            if not failure.expected:
+                log.error("job %s: unexpected failure of the LLM call", self.job_id, exc_info=error)
+            raise AttemptFailed(self.job_id, self.epoch, self.job.attempts, failure) from error
+        else:
+            if outcome == "done":
+                await self.finish("completed", error="", error_code="")
+            elif outcome == "cancelled":
+                await self.finish("cancelled")
+            # 'lost': the job is someone else's now (or the reaper's)
+
+    async def server_gone(self, failure: LLMError) -> LLMError:
+        """A stream cut mid-answer says nothing of the server, unless the server is gone: then it is that server's
+        failure (its circuit breaker opens at once, see back_off.lua) and the retry goes to another server that
+        has the model, instead of trying the dead one again because it has the model loaded."""
+        if failure.code != "llm_disconnected" or self.backend is None:
+            return failure
+        try:
+            alive = await self.backend.client().is_up()
+        except Exception:  # noqa: BLE001 - whatever the check met, it did not find the server well
+            alive = False
+        if alive:
+            return failure
+        return TransientLLMError(f"The LLM server {self.backend.name!r} went away mid-answer.", "llm_unreachable")
+
+    async def attempt(self) -> str:
+        """'done', 'cancelled' or 'lost'; LLM errors propagate. Both tasks are over when this returns."""
+        streaming = asyncio.create_task(self.stream(), name=f"llm {self.job_id}")
+        keeping = asyncio.create_task(self.keep_lease(), name=f"lease {self.job_id}")
+        try:
+            done, _ = await asyncio.wait({streaming, keeping}, return_when=asyncio.FIRST_COMPLETED)
+            if keeping in done:
+                return keeping.result()
+            try:
+                return streaming.result()
+            except LeaseLost:
+                return "lost"
+        finally:
+            for task in (streaming, keeping):
+                task.cancel()
+            await asyncio.gather(streaming, keeping, return_exceptions=True)
+
+    async def keep_lease(self) -> str:
+        """Renew the lease; return 'cancelled' (a Stop) or 'lost' (not ours any more, or not renewable in time)."""
+        warned = False
+        while True:
+            # never sleep past the deadline: a renewal that timed out at the deadline is followed by the stop at
+            # once, not a poll later (a quarter of the margin before the lease runs out in Redis)
+            await asyncio.sleep(max(0.0, min(POLL_SECONDS, self.deadline - time.monotonic())))
+            sent = time.monotonic()
+            if sent >= self.deadline:
+                log.warning("job %s: lease not renewed in time; stopping the LLM call", self.job_id)
+                return "lost"
+            try:
+                async with asyncio.timeout(self.deadline - sent):  # not wait_for: see llm.base.with_timeouts
+                    owned, cancel = await self.scripts.heartbeat(self.job_id, self.epoch)
+            except (RedisError, OSError, TimeoutError) as error:
+                if not warned:
+                    log.warning("job %s: lease renewal failed (%s); retrying until the deadline", self.job_id,
+                                type(error).__name__)
+                    warned = True
+                continue
+            if not owned:
+                return "lost"
+            self.deadline = sent + self.lease_seconds - self.margin
+            if cancel:
+                return "cancelled"
+
+    def check_lease(self) -> None:
+        if time.monotonic() >= self.deadline:
+            raise LeaseLost()
+
+    async def stream(self) -> str:
+        if self.backend is None:  # the configuration changed under a running job
+            raise TransientLLMError("The LLM server chosen for this answer is no longer configured.",
+                                    "llm_unreachable")
+        llm = self.backend.client()
+        await self.set_phase(await self.loading_phase(llm), 8)
+        messages, options = await self.prompt()
+        expected = options.max_tokens or settings.expected_tokens
+        async for chunk in llm.chat(self.model, messages, options):
+            self.check_lease()
+            if chunk.kind == "done":
+                self.done = chunk
+                return "done"
+            if not self.answer and not self.thinking:
+                await self.set_phase("generating", 10)
+            await self.append(chunk.kind, chunk.text, expected)
+        return "done"
+
+    async def loading_phase(self, llm: Client) -> str:
+        """'loading' when the model is not in the LLM server's memory yet (its first answer is slow)."""
+        try:
+            return "prompt" if self.model in await llm.loaded() else "loading"
+        except LLMError:
+            return "prompt"
+
+    async def prompt(self) -> tuple[list[dict], Options]:
+        record = self.job.record
+        options = Options.of(json.loads(record["options"]) if record.get("options") else None)
+        if self.job.kind == "suggest":
+            return [{"role": "user", "content": suggestions.prompt(self.job.lang)}], \
+                Options(max_tokens=settings.suggest_max_tokens)
+        return await self.store.context(record), options
+
+    async def set_phase(self, phase: str, progress: int) -> None:
+        self.check_lease()
+        self.progress = progress
+        await self.scripts.progress(self.job_id, self.epoch, phase, progress)
+
+    async def append(self, kind: str, text: str, expected: int) -> None:
+        (self.answer if kind == "token" else self.thinking).append(text)
+        produced = len(self.answer) + len(self.thinking)
+        progress = min(95, 10 + int(85 * produced / expected))
+        self.check_lease()
+        if not await self.scripts.append(self.job_id, self.epoch, progress, kind, text):
+            raise LeaseLost()
+        if progress >= self.progress + 5:
+            await self.set_phase("generating", progress)
+
+    async def finish(self, status: str, **fields: str) -> None:
+        answer = "".join(self.answer)
+        if self.job.kind == "suggest":
+            answer = suggestions.clean(answer, self.job.lang)
+        done = self.done or Chunk("done", reason="")
+        fields = {"answer": answer, "thinking": "".join(self.thinking), "done_reason": done.reason,
+                  "prompt_tokens": done.usage.get("prompt_tokens") or "",
+                  "completion_tokens": done.usage.get("completion_tokens") or "", **fields}
+        phase = {"completed": "done"}.get(status, status)
+        try:
+            await self.scripts.finish(self.job_id, self.epoch, status, phase,
+                                      *[x for kv in fields.items() for x in kv])
+        except RedisError as error:  # the lease runs out and the reaper ends or re-runs the job
+            log.warning("job %s: could not record its end (%s)", self.job_id, error)

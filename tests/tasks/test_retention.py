@@ -1,0 +1,46 @@
+"""Redis stays bounded: every terminal path sets the expiries of what the job left (its record, its stream, its
+conversation and history entries), so that after the retention nothing of a thousand jobs is left."""
+
+from __future__ import annotations
+
+import time
+
+from tasks import queue
+from tasks.settings import settings
+from tasks.store import sync_store
+
+
+def used_memory(r) -> int:
+    """Bytes held by queuechat's keys (Dramatiq's tickets, which no worker takes here, are not ours to count);
+    touching an expired key deletes it at once."""
+    total = 0
+    for key in list(r.scan_iter(count=1000)):
+        if not key.startswith("qc-dramatiq:") and r.exists(key):
+            total += r.memory_usage(key) or 0
+    return total
+
+
+def test_a_thousand_submit_and_cancel_cycles_leave_nothing_once_retention_passes(r):
+    settings.job_retention_hours = 2 / 3600  # two seconds
+    settings.stream_ttl_seconds = 2
+    settings.queue_max_waiting_per_user = 10_000
+    store = sync_store()
+    store.submit("warm up", user="warm")  # the lines, counters and scripts every later job shares
+    assert store.cancel(store.history("warm")[0].job_id) == "cancelled"
+    time.sleep(2.5)
+    before = used_memory(r)
+    prompt = "x" * settings.max_prompt_chars
+    for i in range(1000):
+        submitted = store.submit(prompt, user=f"user{i % 7}")
+        if i % 3 == 0:  # some start and end like a real answer, the rest are cancelled while waiting
+            admission = queue.Admission.parse(store.scripts.admit("w"))
+            store.scripts.finish(admission.job_id, admission.epoch, "completed", "done", "answer", "y" * 2000)
+        else:
+            assert store.cancel(submitted.job_id) == "cancelled"
+    grown = used_memory(r) - before
+    assert grown > 5_000_000  # the prompts are really there while retained
+    time.sleep(2.5)
+    leftover = used_memory(r) - before
+    assert leftover < 20_000, leftover  # figures: minute buckets, samples, usage, the capped wake list
+    left = sorted(key for key in r.scan_iter(count=1000) if not key.startswith(("qc:m:", "qc:usage:")))
+    assert not [key for key in left if key.startswith(("qc:job:", "qc:stream:", "qc:conv", "qc:history"))], left
