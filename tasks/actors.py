@@ -8,6 +8,10 @@ it waits.
 One ticket per process that finds nothing to do stays as a *standby*: it waits on the wake list, which every
 submission pushes to, so a new job is admitted the moment it is written, without waiting for Dramatiq to hand
 out its ticket (idle consumers then need not poll Dramatiq often: see ``worker_environment``).
+
+A process keeps a standby ready: it sends itself a ticket when it boots, when a ticket that ran a job ends while
+no standby waits, and before its standby hands off. Without that, jobs one after another would each wait for
+their own ticket (the standby runs the first; the next ticket finds nothing only if it comes before the next job).
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ broker.add_middleware(Janitor())
 logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per LLM call is noise; failures are logged by us
 
 HANDOFF_SECONDS = 30.0
-_standby = {"waiting": False}  # this process's standby ticket (the actor's threads share one event loop)
+SENT_FOR_SECONDS = 2.0  # a standby ticket sent that long ago went to another process (or was lost)
+# This process's standby (the actor's threads share one event loop): whether one waits, and when one was sent.
+_standby = {"waiting": False, "sent_at": float("-inf")}
 
 
 @dramatiq.actor(actor_name=TICKET_ACTOR, queue_name=QUEUE_NAME,
@@ -40,7 +46,18 @@ async def run_ticket() -> None:
     store = async_store()
     admission = await admit_or_wait(store)
     if admission is not None:
-        await JobRun(store, admission).run()
+        try:
+            await JobRun(store, admission).run()
+        finally:
+            await keep_standby()
+
+
+async def keep_standby() -> None:
+    """Send a ticket to be this process's standby, unless one waits or is on its way."""
+    if not _standby["waiting"] and not STOPPING.is_set() \
+            and time.monotonic() - _standby["sent_at"] > SENT_FOR_SECONDS:
+        _standby["sent_at"] = time.monotonic()
+        await asyncio.to_thread(send_tickets, 1)
 
 
 async def admit_or_wait(store) -> queue.Admission | None:
@@ -55,8 +72,10 @@ async def admit_or_wait(store) -> queue.Admission | None:
                 if not standby and _standby["waiting"]:
                     return None  # a surplus ticket: this process has its standby already
                 standby = _standby["waiting"] = True
+                _standby["sent_at"] = float("-inf")
             if time.monotonic() > deadline:
-                await asyncio.to_thread(send_tickets, 1)
+                _standby["waiting"], standby = False, False  # the ticket sent now takes over
+                await keep_standby()
                 return None
             wait = block_seconds()
             if admission.outcome == "wait":

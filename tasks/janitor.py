@@ -58,6 +58,10 @@ class Janitor(Middleware):
     def after_worker_boot(self, broker, worker) -> None:
         self.thread = threading.Thread(target=self._loop, name="queuechat-janitor", daemon=True)
         self.thread.start()
+        try:
+            send_tickets(1)  # the process's first standby (tasks/actors.py): the first job need not wait for a ticket
+        except redis.RedisError:
+            pass  # Redis is not there yet: the first job's own ticket does
 
     def after_worker_shutdown(self, broker, worker) -> None:
         self.stopping.set()

@@ -14,7 +14,7 @@ last few errors). People: ``conv:{id}`` (list of job ids), ``conv:{id}:info`` (h
 title), ``convs:{user}`` (zset of conversations by last activity), ``history:{user}`` (list, capped),
 ``idem:{user}:{key}`` (an idempotent submit). Figures: ``usage:{hour}`` (hash: jobs and tokens per identity) with ``usage:{hour}:waits``, ``totals`` (hash), ``m:{minute}`` (hash) with samples
 ``m:{minute}:wait`` and ``m:{minute}:ttft``, ``service_ms`` (recent LLM call times), ``workers`` (heartbeats).
-Change notices go out on the channel ``events``. Dramatiq keeps its own keys under ``qc-dramatiq:``.
+Each app process has ``tail:{process}`` (a stream that wakes its reader). Change notices go out on the channel ``events``. Dramatiq keeps its own keys under ``qc-dramatiq:``.
 """
 
 from __future__ import annotations
@@ -45,6 +45,12 @@ def job(job_id: str) -> str:
 
 def stream(job_id: str) -> str:
     return f"{PREFIX}stream:{job_id}"
+
+
+def tail_wake(process: str) -> str:
+    """A stream an app process reads beside the jobs' streams: adding to it ends that process's blocking read at once,
+    so that a job followed meanwhile is read from now, not after the read times out."""
+    return f"{PREFIX}tail:{process}"
 
 
 def conversation(conversation_id: str) -> str:

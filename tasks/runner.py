@@ -14,6 +14,7 @@ so the HTTP stream to the LLM is always closed when the attempt ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -24,7 +25,7 @@ from tasks import queue, suggestions
 from tasks.backends import fleet
 from tasks.fold import JobState
 from tasks.llm import LLMError, Options, PermanentLLMError, TransientLLMError, classify
-from tasks.llm.base import Chunk, Client
+from tasks.llm.base import Chunk
 from tasks.retries import AttemptFailed
 from tasks.settings import settings
 from tasks.store import JobStore
@@ -50,7 +51,6 @@ class JobRun:
         self.deadline = time.monotonic() + self.lease_seconds - self.margin
         self.answer: list[str] = []
         self.thinking: list[str] = []
-        self.progress = 5
         self.done: Chunk | None = None
 
     async def run(self) -> None:
@@ -148,26 +148,20 @@ class JobRun:
         if self.backend is None:  # the configuration changed under a running job
             raise TransientLLMError("The LLM server chosen for this answer is no longer configured.",
                                     "llm_unreachable")
-        llm = self.backend.client()
-        await self.set_phase(await self.loading_phase(llm), 8)
+        # The admission step set the phase ('loading' or 'prompt'); the first chunk sets 'generating' (append.lua).
+        # Nothing but the conversation's earlier turns is read between the admission and the request.
         messages, options = await self.prompt()
         expected = options.max_tokens or settings.expected_tokens
-        async for chunk in llm.chat(self.model, messages, options):
-            self.check_lease()
-            if chunk.kind == "done":
-                self.done = chunk
-                return "done"
-            if not self.answer and not self.thinking:
-                await self.set_phase("generating", 10)
-            await self.append(chunk.kind, chunk.text, expected)
+        # aclosing: the response is closed here and now, also when we leave at its 'done' (not when the generator
+        # happens to be collected), so the connection goes back to the pool at once
+        async with contextlib.aclosing(self.backend.client().chat(self.model, messages, options)) as chunks:
+            async for chunk in chunks:
+                self.check_lease()
+                if chunk.kind == "done":
+                    self.done = chunk
+                    return "done"
+                await self.append(chunk.kind, chunk.text, expected)
         return "done"
-
-    async def loading_phase(self, llm: Client) -> str:
-        """'loading' when the model is not in the LLM server's memory yet (its first answer is slow)."""
-        try:
-            return "prompt" if self.model in await llm.loaded() else "loading"
-        except LLMError:
-            return "prompt"
 
     async def prompt(self) -> tuple[list[dict], Options]:
         record = self.job.record
@@ -177,11 +171,6 @@ class JobRun:
                 Options(max_tokens=settings.suggest_max_tokens)
         return await self.store.context(record), options
 
-    async def set_phase(self, phase: str, progress: int) -> None:
-        self.check_lease()
-        self.progress = progress
-        await self.scripts.progress(self.job_id, self.epoch, phase, progress)
-
     async def append(self, kind: str, text: str, expected: int) -> None:
         (self.answer if kind == "token" else self.thinking).append(text)
         produced = len(self.answer) + len(self.thinking)
@@ -189,8 +178,6 @@ class JobRun:
         self.check_lease()
         if not await self.scripts.append(self.job_id, self.epoch, progress, kind, text):
             raise LeaseLost()
-        if progress >= self.progress + 5:
-            await self.set_phase("generating", progress)
 
     async def finish(self, status: str, **fields: str) -> None:
         answer = "".join(self.answer)

@@ -203,7 +203,7 @@ class JobStore:
                 out += [{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": turn.answer}]
             return out + [{"role": "user", "content": record["prompt"]}]
 
-        if not conversation:
+        if not conversation or record.get("turn") == "1":  # a conversation's first turn has nothing before it
             return _then(None, messages, awaitable=self.is_async)
         return _then(self.scripts.read_jobs("c:" + conversation, record.get("user", ""), CONVERSATION_TURNS),
                      lambda reply: messages([JobState.from_record(_pairs(f)) for f in reply or []]))

@@ -340,7 +340,6 @@ def test_a_job_ends_once_and_a_stale_worker_cannot_write_to_it(store, scripts):
 
     # The stale worker wakes up: none of its writes land.
     assert scripts.append(job_id, first.epoch, 12, "token", "stale ") == 0
-    assert scripts.progress(job_id, first.epoch, "generating", 50) == 0
     assert scripts.heartbeat(job_id, first.epoch) == [0, 0]
     assert finish(scripts, first, "failed") == 0
     assert scripts.append(job_id, second.epoch, 12, "token", "new") == 1
@@ -383,10 +382,12 @@ def test_a_reaped_job_with_a_pending_stop_ends_cancelled_with_what_was_streamed(
 def test_stream_status_entries_carry_json_snapshots(store, scripts):
     job_id = submit("hello")
     running = admit(scripts)
-    assert scripts.progress(job_id, running.epoch, "prompt", 8) == 1
+    assert scripts.append(job_id, running.epoch, 10, "token", "a") == 1   # the first chunk: generating
+    assert scripts.append(job_id, running.epoch, 14, "token", "b") == 1   # progress told every 5 points
+    assert scripts.append(job_id, running.epoch, 15, "token", "c") == 1
     snapshots = [(e["a"], json.loads(e["d"])) for _, e in store.stream(job_id) if e["k"] == "status"]
     assert [(a, s["phase"], s["progress"]) for a, s in snapshots] == [
-        ("0", "queued", 0), ("1", "starting", 5), ("1", "prompt", 8)]
+        ("0", "queued", 0), ("1", "prompt", 8), ("1", "generating", 10), ("1", "generating", 15)]
 
 
 def test_a_live_job_reads_with_its_answer_so_far_and_only_its_owner_reads_it(store, scripts):

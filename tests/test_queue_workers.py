@@ -378,7 +378,7 @@ def test_progress_goes_through_the_phases_and_never_backwards(workers, fake_llm)
         assert sorted(attempts) == [0, 1]
         steps = attempts[0] + attempts[1]
         phases = [phase for i, (phase, _) in enumerate(steps) if i == 0 or steps[i - 1][0] != phase]
-        assert phases == ["queued", "starting", load_phase, "generating", "done"], steps
+        assert phases == ["queued", load_phase, "generating", "done"], steps
         progress = [p for _, p in steps]
         assert progress == sorted(progress) and progress[0] == 0 and progress[-1] == 100, steps
         assert len({p for phase, p in steps if phase == "generating"}) >= 3, steps  # it moves while streaming

@@ -100,6 +100,62 @@ def test_a_followed_job_is_folded_once_and_shared_until_unfollowed(redis_server,
     run(test)
 
 
+def test_a_job_followed_while_the_tail_blocks_is_read_at_once(redis_server, r: redis.Redis, monkeypatch) -> None:
+    """The tail blocks on the streams it follows; a job followed meanwhile must not wait for that read to time out
+    (it would add seconds to a first token)."""
+    monkeypatch.setattr(settings, 'queue_recovery_seconds', 30.0)  # reads block for 2.5 s
+    connection.reset_connections()
+    quiet = sync_store().submit('nobody answers this', user='alice').job_id
+    fresh = sync_store().submit('this one streams', user='alice').job_id
+
+    async def test() -> None:
+        async with running_bus() as bus:
+            await bus.follow(quiet, lambda entries: None)
+            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.1)
+            seen: list[str] = []
+            await bus.follow(fresh, lambda entries: seen.extend(f['d'] for _, f in entries if f['k'] == 'token'))
+            token(r, fresh, 'now')
+            assert connection.block_seconds() == 2.5
+            await until(lambda: seen == ['now'], timeout=1.0, what='the fresh token')
+    run(test)
+
+
+def test_a_resumed_follower_gets_every_entry_once_in_order_while_the_job_streams(redis_server, r) -> None:
+    """Last-Event-ID resumes race the tail: each follower joins while tokens are written, and must get exactly
+    the entries after its id, in order (not the backlog after what the tail already told it, nor twice)."""
+    job_id = sync_store().submit('stream fast', user='alice').job_id
+
+    async def test() -> None:
+        async with running_bus() as bus:
+            await bus.follow(job_id, lambda entries: None)
+            writing = True
+
+            async def writer() -> None:
+                client = connection.get_async_redis()
+                for i in range(400):
+                    await client.xadd(keys.stream(job_id), {'k': 'token', 'd': str(i), 'a': 1})
+                    if i % 7 == 0:
+                        await asyncio.sleep(0)
+            task = asyncio.create_task(writer())
+            followers: list[tuple[str, list[str]]] = []
+            while not task.done():
+                ids = [entry_id for entry_id, _ in r.xrange(keys.stream(job_id))]
+                after = ids[len(ids) // 2] if ids else '0-0'
+                got: list[str] = []
+                await bus.follow(job_id, lambda entries, got=got: got.extend(f['d'] for _, f in entries), after=after)
+                followers.append((after, got))
+                await asyncio.sleep(0.005)
+            await task
+            everything = r.xrange(keys.stream(job_id))
+            await until(lambda: all(len(got) == sum(newer(i, after) for i, _ in everything)
+                                    for after, got in followers), what='every follower to catch up')
+            for after, got in followers:
+                assert got == [f['d'] for i, f in everything if newer(i, after)], after
+            assert len(followers) >= 5
+    run(test)
+
+
 def test_health_reports_redis_llm_and_workers(redis_server, fake_llm, r: redis.Redis) -> None:
     async def test() -> None:
         seconds, micros = r.time()

@@ -41,6 +41,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,6 +106,7 @@ class Bus:
         self._cache: dict[str, tuple[float, Any]] = {}
         self._warned: set[str] = set()
         self._lock = asyncio.Lock()
+        self._wake, self._wake_cursor, self._blocking = keys.tail_wake(uuid.uuid4().hex), '0-0', False
 
     # --- following jobs -----------------------------------------------------------------------------------
 
@@ -131,18 +133,39 @@ class Bus:
             followed.cursor = followed.job.cursor or '0-0'
             self._tailing.set()
             self._queue_moved.set()  # its position and ETA
+            await self._wake_tail()
         else:
             await followed.ready.wait()
             if followed.job is None:
                 return None
+        entries = await self._backlog(job_id, followed, after) if after is not None else []
+        if self._jobs.get(job_id) is not followed:  # the others following it all left meanwhile: begin anew
+            return await self.follow(job_id, callback, after)
+        # No await from the backlog's end to here: the tail tells this callback every entry after the cursor.
+        if entries:
+            callback(entries)
         followed.callbacks.append(callback)
-        if after is not None:
-            backlog = await async_store().stream(job_id, after)
-            # entries the shared state holds already; a finished job read from its record holds them all
-            entries = [entry for entry in backlog if followed.job.finished or not newer(entry[0], followed.cursor)]
-            if entries:
-                callback(entries)
         return followed.job
+
+    async def _backlog(self, job_id: str, followed: Followed, after: str) -> list:
+        """The entries after ``after`` up to the shared state's cursor (all of them for a finished job, read from its
+        record), read until the cursor, which the tail moves on meanwhile, is reached."""
+        entries: list = []
+        while followed.job.finished or newer(followed.cursor, entries[-1][0] if entries else after):
+            more = await async_store().stream(job_id, entries[-1][0] if entries else after)
+            entries += more
+            if not more or followed.job.finished:
+                break
+        return [entry for entry in entries if followed.job.finished or not newer(entry[0], followed.cursor)]
+
+    async def _wake_tail(self) -> None:
+        """End the tail's blocking read, so that it reads the streams followed since it began."""
+        if self._blocking:
+            with contextlib.suppress(*REDIS_ERRORS):
+                async with get_async_redis().pipeline(transaction=False) as pipe:
+                    pipe.xadd(self._wake, {'w': '1'}, maxlen=10, approximate=False)
+                    pipe.expire(self._wake, 3600)  # a process that died leaves nothing for long
+                    await pipe.execute()
 
     def unfollow(self, job_id: str, callback: Callback) -> None:
         followed = self._jobs.get(job_id)
@@ -306,6 +329,8 @@ class Bus:
                 self._tailing.clear()
                 await self._tailing.wait()
                 continue
+            streams[self._wake] = self._wake_cursor
+            self._blocking = True
             try:
                 reply = await get_async_redis().xread(streams, count=1000, block=int(block_seconds() * 1000))
                 delay = 0.2
@@ -316,8 +341,13 @@ class Bus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 3.0)
                 continue
+            finally:
+                self._blocking = False
             prefix = len(keys.stream(''))
             for key, items in (reply.items() if isinstance(reply, dict) else reply or []):
+                if key == self._wake:
+                    self._wake_cursor = items[-1][0]
+                    continue
                 followed = self._jobs.get(key[prefix:])
                 if followed is None or followed.job is None:
                     continue

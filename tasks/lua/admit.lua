@@ -69,7 +69,7 @@ for _, b in ipairs(CFG.backends) do
         end
         if better then
           best = {id = h.id, score = h.score, line = line, backend = b.name, model = model, loaded = loaded,
-                  free = free, probe = probe}
+                  free = free, probe = probe, cold = view.knows_loaded and not loaded}
         end
       end
     end
@@ -98,7 +98,10 @@ for _, b in ipairs(CFG.backends) do
     redis.call('ZADD', P .. 'starts:' .. b.name, now, id .. ':' .. epoch)
   end
 end
-redis.call('HSET', job, 'status', 'running', 'phase', 'starting', 'progress', 5, 'cancel', 0, 'worker', ARGV[2],
+-- The phase is known here (the backend's loaded models, as last checked), so the worker goes straight to the LLM
+-- call: no round trip of its own between this step and its request.
+redis.call('HSET', job, 'status', 'running', 'phase', best.cold and 'loading' or 'prompt', 'progress', 8, 'cancel', 0,
+           'worker', ARGV[2],
            'backend', best.backend, 'run_model', best.model, 'attempt_started_at', now)
 redis.call('HDEL', job, 'retry_at', 'first_token_at')
 redis.call('HSETNX', job, 'started_at', now)

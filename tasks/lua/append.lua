@@ -1,8 +1,16 @@
 -- Append streamed chunks of a running job. ARGV: cfg, id, epoch, progress, kind, text, kind, text, ...
 -- (kind: token | think). Fenced by the epoch: a worker that lost its lease writes nothing. Returns 1 or 0.
+-- The first chunk moves the job to 'generating', and the progress is told (a status entry) every 5 points: the
+-- worker needs no round trip of its own for either.
 local id, job = ARGV[2], job_key(ARGV[2])
-if redis.call('HGET', job, 'epoch') ~= ARGV[3] or redis.call('HGET', job, 'status') ~= 'running' then return 0 end
+local f = redis.call('HMGET', job, 'epoch', 'status', 'phase', 'progress')
+if f[1] ~= ARGV[3] or f[2] ~= 'running' then return 0 end
+local progress = tonumber(ARGV[4])
+if f[3] ~= 'generating' or progress >= (tonumber(f[4]) or 0) + 5 then
+  redis.call('HSET', job, 'phase', 'generating', 'progress', progress)
+  emit(id, 'status', snapshot(job), ARGV[3])
+  changed(id)
+end
 for i = 5, #ARGV, 2 do emit(id, ARGV[i], ARGV[i + 1], ARGV[3]) end
-redis.call('HSET', job, 'progress', ARGV[4])
 redis.call('HSETNX', job, 'first_token_at', now_ms())
 return 1

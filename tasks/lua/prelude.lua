@@ -65,7 +65,7 @@ local function backend_view(b, now)
   local f = redis.call('HMGET', P .. 'backend:' .. b.name, 'state', 'down_until', 'models', 'loaded', 'slots')
   local models = b.models
   if not models and f[3] then models = cjson.decode(f[3]) end
-  local view = {name = b.name, models = models, loaded = f[4] and cjson.decode(f[4]) or {},
+  local view = {name = b.name, models = models, loaded = f[4] and cjson.decode(f[4]) or {}, knows_loaded = f[4] ~= false,
                 cap = b.cap or tonumber(f[5]) or 1, rate = b.rate or 0, up = true}
   if f[1] == 'down' then
     view.up = now >= (tonumber(f[2]) or 0)

@@ -58,7 +58,7 @@ if conversation ~= '' then
   if redis.call('HSETNX', info, 'user', user) == 1 then
     redis.call('HSET', info, 'title', ARGV[8], 'created_at', now)
   end
-  redis.call('RPUSH', jobs, id)
+  redis.call('HSET', job, 'turn', redis.call('RPUSH', jobs, id))  -- turn 1 has no context to read
   redis.call('EXPIRE', jobs, CFG.retention_s)
   redis.call('EXPIRE', info, CFG.retention_s)
   local convs = P .. 'convs:' .. user
