@@ -83,6 +83,8 @@ class Followed:
     cursor: str = '0-0'
     callbacks: list[Callback] = field(default_factory=list)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # followers that resumed from an entry the tail had not read yet: what they have seen, not to be told again
+    seen: dict[Callback, str] = field(default_factory=dict)
 
 
 class Bus:
@@ -144,6 +146,8 @@ class Bus:
         # No await from the backlog's end to here: the tail tells this callback every entry after the cursor.
         if entries:
             callback(entries)
+        elif after is not None and not followed.job.finished and newer(after, followed.cursor):
+            followed.seen[callback] = after  # resumed ahead of the tail (it lags, or this is another instance)
         followed.callbacks.append(callback)
         return followed.job
 
@@ -173,6 +177,7 @@ class Bus:
             return
         with contextlib.suppress(ValueError):
             followed.callbacks.remove(callback)
+        followed.seen.pop(callback, None)
         if not followed.callbacks:
             del self._jobs[job_id]
 
@@ -183,8 +188,14 @@ class Bus:
 
     def _tell(self, followed: Followed, entries: list) -> None:
         for callback in list(followed.callbacks):
+            told = entries
+            if entries and callback in followed.seen:
+                told = [entry for entry in entries if newer(entry[0], followed.seen[callback])]
+                if not newer(entries[-1][0], followed.seen[callback]):
+                    continue
+                del followed.seen[callback]
             try:
-                callback(entries)
+                callback(told)
             except Exception:  # one broken follower must not starve the others
                 log.exception('a follower failed')
 

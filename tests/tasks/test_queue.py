@@ -2,7 +2,7 @@
 
 Workers only ever call these steps, so ordering, positions, the cap, the rate window, backpressure and
 cancellation of waiting jobs can be checked here exactly, one admission at a time. The same behaviours
-with real worker processes are in tests/test_queue_workers.py.
+with real worker processes are in tests/tasks/test_queue_workers.py.
 """
 
 from __future__ import annotations
