@@ -35,6 +35,36 @@ log = logging.getLogger("queuechat.runner")
 POLL_SECONDS = 0.25   # lease renewals and cancel checks
 
 
+async def stop(*tasks: asyncio.Task) -> None:
+    """Cancel the tasks and wait until every one of them is over, cancelling again any that is not, a poll later.
+
+    One cancellation is not always enough: on Python 3.11, ``asyncio.wait_for`` returns the result of an operation
+    that completed just as the cancellation came, and the cancellation is lost — and redis-py wraps the write of
+    every command in it (``send_packed_command``). A lease keeper cancelled that way went on renewing the lease for
+    ever, so the attempt never ended and its job stayed 'running' with all of its answer streamed.
+
+    If the calling task is cancelled meanwhile, the tasks are still seen to their end (the HTTP stream to the LLM
+    closed) before the cancellation goes on."""
+    pending = {task for task in tasks if not task.done()}
+    interrupted = None
+    rounds = 0
+    while pending:
+        if rounds:
+            log.warning("%s: still running %g s after its cancellation; cancelling it again",
+                        ", ".join(task.get_name() for task in pending), POLL_SECONDS)
+        for task in pending:
+            task.cancel()
+        rounds += 1
+        try:
+            _, pending = await asyncio.wait(pending, timeout=POLL_SECONDS)
+        except asyncio.CancelledError as error:
+            interrupted = error
+            pending = {task for task in pending if not task.done()}
+    await asyncio.gather(*tasks, return_exceptions=True)  # all over: this only collects their outcomes
+    if interrupted is not None:
+        raise interrupted
+
+
 class LeaseLost(Exception):
     """The lease ran out (or was taken away): stop, write nothing more."""
 
@@ -110,9 +140,7 @@ class JobRun:
             except LeaseLost:
                 return "lost"
         finally:
-            for task in (streaming, keeping):
-                task.cancel()
-            await asyncio.gather(streaming, keeping, return_exceptions=True)
+            await stop(streaming, keeping)
 
     async def keep_lease(self) -> str:
         """Renew the lease; return 'cancelled' (a Stop) or 'lost' (not ours any more, or not renewable in time)."""

@@ -8,8 +8,11 @@ the job. Times are Redis' (stream entry ids, ``TIME``); what the LLM saw is what
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 from devtools.fake_llm import FakeLLM, Reply
 from devtools.proxy import Proxy
@@ -17,6 +20,7 @@ from devtools.stack import Workers
 from devtools.waiting import wait_for
 from tasks import keys
 from tasks.connection import get_redis
+from tasks.runner import POLL_SECONDS, JobRun
 from tasks.settings import settings
 from tasks.store import sync_store
 from tests.helpers import (asked, echoed, public, raw, resets, slow, snapshots, submit, tokens_of, wait_over,
@@ -150,3 +154,63 @@ def test_with_the_default_cap_a_one_slot_server_answers_in_priority_order_and_no
         expected = [(level, i) for level in ("high", "normal", "low") for i in range(3)]
         assert [ids[job_id] for job_id in answered] == expected
         assert server.max_active == 1 and len(server.requests) == 10  # nothing ever waited inside the server
+
+
+# --- an attempt ends even when one of its tasks loses its cancellation -----------------------------------------
+
+def lone_attempt(stream, heartbeat) -> JobRun:
+    """A JobRun without Redis or LLM: its LLM call is ``stream`` and its lease renewal ``heartbeat``."""
+    run = JobRun.__new__(JobRun)
+    run.job_id, run.epoch, run.lease_seconds, run.margin = "j", 1, 10.0, 1.0
+    run.deadline = time.monotonic() + 9
+    run.scripts = SimpleNamespace(heartbeat=heartbeat)
+    run.stream = stream
+    return run
+
+
+async def swallow_a_cancellation(seconds: float) -> None:
+    """What ``asyncio.wait_for`` does on Python 3.11 (and redis-py wraps every command's write in it) when the
+    cancellation comes just as the write completes: it returns the result, and the cancellation is gone."""
+    try:
+        await asyncio.sleep(seconds)
+    except asyncio.CancelledError:
+        pass
+
+
+def attempt_within(run: JobRun, seconds: float) -> tuple[str, float]:
+    async def main() -> tuple[str, float]:
+        started = time.monotonic()
+        async with asyncio.timeout(seconds):
+            outcome = await run.attempt()
+        left = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        assert not left, left  # both tasks are over when attempt() returns
+        return outcome, time.monotonic() - started
+    return asyncio.run(main())
+
+
+def test_an_answer_ends_even_if_the_lease_keeper_loses_its_cancellation_in_a_redis_call():
+    # The demo under load: every token of the answer streamed, its end read, and then the job stayed 'running'
+    # with its lease renewed for ever — the keeper's one cancellation had been swallowed in a heartbeat.
+    async def stream() -> str:
+        await asyncio.sleep(1.5 * POLL_SECONDS)  # the keeper is in its first heartbeat now
+        return "done"
+
+    async def heartbeat(job_id: str, epoch: int) -> list[int]:
+        await swallow_a_cancellation(POLL_SECONDS)
+        return [1, 0]
+
+    outcome, took = attempt_within(lone_attempt(stream, heartbeat), 5)
+    assert outcome == "done" and took < 6 * POLL_SECONDS
+
+
+def test_a_stop_ends_the_llm_call_even_if_it_loses_its_cancellation_in_a_redis_call():
+    async def stream() -> str:
+        await swallow_a_cancellation(30)  # appending a token when the Stop's cancellation comes
+        await asyncio.sleep(30)  # the rest of the answer
+        return "done"
+
+    async def heartbeat(job_id: str, epoch: int) -> list[int]:
+        return [1, 1]  # still ours, and the user pressed Stop
+
+    outcome, took = attempt_within(lone_attempt(stream, heartbeat), 5)
+    assert outcome == "cancelled" and took < 4 * POLL_SECONDS
