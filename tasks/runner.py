@@ -23,6 +23,7 @@ from redis.exceptions import RedisError
 
 from tasks import queue, suggestions
 from tasks.backends import fleet
+from tasks.aio import stop
 from tasks.fold import JobState
 from tasks.llm import LLMError, Options, PermanentLLMError, TransientLLMError, classify
 from tasks.llm.base import Chunk
@@ -33,36 +34,6 @@ from tasks.store import JobStore
 log = logging.getLogger("queuechat.runner")
 
 POLL_SECONDS = 0.25   # lease renewals and cancel checks
-
-
-async def stop(*tasks: asyncio.Task) -> None:
-    """Cancel the tasks and wait until every one of them is over, cancelling again any that is not, a poll later.
-
-    One cancellation is not always enough: on Python 3.11, ``asyncio.wait_for`` returns the result of an operation
-    that completed just as the cancellation came, and the cancellation is lost — and redis-py wraps the write of
-    every command in it (``send_packed_command``). A lease keeper cancelled that way went on renewing the lease for
-    ever, so the attempt never ended and its job stayed 'running' with all of its answer streamed.
-
-    If the calling task is cancelled meanwhile, the tasks are still seen to their end (the HTTP stream to the LLM
-    closed) before the cancellation goes on."""
-    pending = {task for task in tasks if not task.done()}
-    interrupted = None
-    rounds = 0
-    while pending:
-        if rounds:
-            log.warning("%s: still running %g s after its cancellation; cancelling it again",
-                        ", ".join(task.get_name() for task in pending), POLL_SECONDS)
-        for task in pending:
-            task.cancel()
-        rounds += 1
-        try:
-            _, pending = await asyncio.wait(pending, timeout=POLL_SECONDS)
-        except asyncio.CancelledError as error:
-            interrupted = error
-            pending = {task for task in pending if not task.done()}
-    await asyncio.gather(*tasks, return_exceptions=True)  # all over: this only collects their outcomes
-    if interrupted is not None:
-        raise interrupted
 
 
 class LeaseLost(Exception):

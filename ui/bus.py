@@ -50,7 +50,7 @@ from nicegui import Event, app, background_tasks, run
 from nicegui.binding import bindable_dataclass
 from redis.exceptions import RedisError
 
-from tasks import backends, keys, metrics
+from tasks import aio, backends, keys, metrics
 from tasks.connection import block_seconds, get_async_redis
 from tasks.eta import eta_seconds
 from tasks.fold import JobState, newer
@@ -239,11 +239,7 @@ class Bus:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        await aio.stop(*tasks)  # a cancellation lost in a Redis call must not hold the app's shutdown up
 
     # --- the loops --------------------------------------------------------------------------------------
 

@@ -129,7 +129,6 @@ def test_a_resumed_follower_gets_every_entry_once_in_order_while_the_job_streams
     async def test() -> None:
         async with running_bus() as bus:
             await bus.follow(job_id, lambda entries: None)
-            writing = True
 
             async def writer() -> None:
                 client = connection.get_async_redis()
