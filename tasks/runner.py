@@ -14,7 +14,6 @@ so the HTTP stream to the LLM is always closed when the attempt ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -151,15 +150,15 @@ class JobRun:
         # Nothing but the conversation's earlier turns is read between the admission and the request.
         messages, options = await self.prompt()
         expected = options.max_tokens or settings.expected_tokens
-        # aclosing: the response is closed here and now, also when we leave at its 'done' (not when the generator
-        # happens to be collected), so the connection goes back to the pool at once
-        async with contextlib.aclosing(self.backend.client().chat(self.model, messages, options)) as chunks:
-            async for chunk in chunks:
-                self.check_lease()
-                if chunk.kind == "done":
-                    self.done = chunk
-                    return "done"
-                await self.append(chunk.kind, chunk.text, expected)
+        # Not wrapped in contextlib.aclosing: tried, and a woken frozen worker then kept its HTTP stream open (the
+        # frozen-worker test in tests/tasks/test_runner.py failed 4 of 4; why is not understood yet). Left to the
+        # event loop's async-generator finaliser, the response is closed once this frame lets the generator go.
+        async for chunk in self.backend.client().chat(self.model, messages, options):
+            self.check_lease()
+            if chunk.kind == "done":
+                self.done = chunk
+                return "done"
+            await self.append(chunk.kind, chunk.text, expected)
         return "done"
 
     async def prompt(self) -> tuple[list[dict], Options]:
