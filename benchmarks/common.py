@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from tasks import identities
+from tasks import identities, keys
 from tasks.store import sync_store
 
 
@@ -93,15 +93,19 @@ def api_client(base_url: str, key: str | None = None, **options) -> httpx.Client
 
 
 def wait_ended(job_ids: list[str], timeout: float, stall_s: float = 10.0) -> list[str]:
-    """Wait until every job has ended, or none has for ``stall_s`` seconds (or ``timeout`` passed); return those
-    still not ended. A job that stays running after its last token (an engine hang seen in these runs) must not
-    take the whole run with it: the caller reports it."""
+    """Wait until every job has ended, or none has ended nor written to its stream for ``stall_s`` seconds (or
+    ``timeout`` passed); return those still not ended. A job that stays running after its last token (an engine
+    hang seen in these runs) must not take the whole run with it: the caller reports it."""
     store = sync_store()
-    left, deadline, last_progress = list(job_ids), time.monotonic() + timeout, time.monotonic()
+    left, deadline, last_progress, written = list(job_ids), time.monotonic() + timeout, time.monotonic(), -1
     while left and time.monotonic() < deadline and time.monotonic() - last_progress < stall_s:
         time.sleep(0.2)
         still = [job_id for job_id in left if not store.job(job_id).finished]
-        if len(still) < len(left):
-            last_progress = time.monotonic()
+        pipe = store.client.pipeline(transaction=False)
+        for job_id in still:
+            pipe.xlen(keys.stream(job_id))
+        now_written = sum(pipe.execute())
+        if len(still) < len(left) or now_written != written:
+            last_progress, written = time.monotonic(), now_written
         left = still
     return left

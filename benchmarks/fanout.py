@@ -116,6 +116,7 @@ async def measure_async(stack: Stack, app: App, pages: int, answers: int, window
         await asyncio.sleep(2.5)  # the next drawer refresh on every page
         for page in all_pages:
             await page.ack()
+        dropped = sum(not page.sio.connected for page in all_pages)
         duration = time.monotonic() - stream_start
         received = [page.updates - b for page, b in zip(all_pages, before, strict=True)]
         totals_ok = [f"{answers} done" in text_below(page.elements, eid)
@@ -133,7 +134,7 @@ async def measure_async(stack: Stack, app: App, pages: int, answers: int, window
             "running": len(running), "idle_rss": idle_rss, "live_rss": live_rss, "fds": fds,
             "answer_updates": received[:answers], "watcher_updates": received[answers:], "duration_s": duration,
             "totals_ok": sum(totals_ok), "answers_ok": sum(answers_ok), "stuck": len(stuck),
-            "reloads": sum(page.reloads for page in all_pages)}
+            "reloads": sum(page.reloads for page in all_pages), "dropped": dropped}
 
 
 def app_fds(pid: int) -> int:
@@ -252,7 +253,7 @@ NiceGUI, API and the shared Redis reader) in % of one core over {f['window_s']:g
 - **Every page received what it should**: {f['totals_ok']} of {f['pages']} pages ended with the total-requests card at
   "{f['answers']} done"; {f['answers_ok']} of {f['answers']} answer pages ended with their answer's last token.{_hang(f)}
 - {f.get('reloads', 0)} page load(s) had to be repeated because the server had dropped the page before its socket
-  connected (a browser reloads then too).
+  connected (a browser reloads then too); {f.get('dropped', 0)} page socket(s) were no longer connected at the end.
 - Update messages received per page from the start of the answers to their end ({f['duration_s']:.0f} s; min / median / max):
   answer pages {spread(f['answer_updates'])}, other pages {spread(f['watcher_updates'])}.
 {_chromium(check)}"""

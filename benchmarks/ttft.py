@@ -50,7 +50,9 @@ def queued_first_token(http: httpx.Client, message: str) -> tuple[float, float, 
             if event.event == "token":
                 elapsed = time.perf_counter() - start
                 return wall, wall + elapsed, elapsed, job_id
-    raise RuntimeError(f"job {job_id} ended without a token")
+    job = http.get(f"/api/jobs/{job_id}").json()
+    raise RuntimeError(f"job {job_id} ended without a token event (status {job.get('status')}, "
+                       f"error {job.get('error_code')}, answer {len(job.get('answer') or '')} characters)")
 
 
 def hops(submitted: float, delivered: float, record: dict, llm_received: float, first_entry_ms: int) -> dict:
@@ -71,13 +73,17 @@ def first_token_entry_ms(client, job_id: str) -> int:
 def series(stack: Stack, http: httpx.Client, llm: httpx.Client, reps: int, warmup: int, idle_s: float) -> dict:
     """Queued and direct first tokens, alternating, with the hops of each queued one."""
     client = stack.redis()
-    queued, direct, parts = [], [], {hop: [] for hop in HOPS}
+    queued, direct, parts, failed = [], [], {hop: [] for hop in HOPS}, []
     for rep in range(warmup + reps):
         time.sleep(idle_s)
         direct_s = direct_first_token(llm, f"ttft probe {rep}")
         time.sleep(idle_s)
         received_before = len(stack.clock.received)
-        submitted, delivered, queued_s, job_id = queued_first_token(http, f"ttft probe {rep}")
+        try:
+            submitted, delivered, queued_s, job_id = queued_first_token(http, f"ttft probe {rep}")
+        except (RuntimeError, httpx.HTTPError) as error:  # counted and shown, not hidden
+            failed.append(str(error))
+            continue
         record = wait_for(lambda: (raw := client.hgetall(keys.job(job_id))).get("status") in queue.TERMINAL
                           and raw, 30, f"job {job_id} to finish", interval=0.01)
         if rep < warmup:
@@ -87,7 +93,7 @@ def series(stack: Stack, http: httpx.Client, llm: httpx.Client, reps: int, warmu
         for hop, seconds in hops(submitted, delivered, record, stack.clock.received[received_before],
                                  first_token_entry_ms(client, job_id)).items():
             parts[hop].append(seconds)
-    return {"queued": summarize(queued), "direct": summarize(direct),
+    return {"queued": summarize(queued), "direct": summarize(direct), "failed": failed,
             "hops": {hop: summarize(values) for hop, values in parts.items()}}
 
 
@@ -125,13 +131,20 @@ whole milliseconds, so a hop reads ±1 ms):
 
 {table(["hop", "p50", "p95"], hop_rows)}
 
-{_why(f)}
+{_why(f)}{_failed(f)}
 
 {_standby(f.get("standby"))}
 """
     summary = [["a. TTFT added, p50", "≤ 10 ms", fmt_ms(added50), "37.6 ms", verdict(added50, TARGET_P50_S, unit=" ms", scale=1000)],
                ["a. TTFT added, p95", "≤ 20 ms", fmt_ms(added95), "48.7 ms", verdict(added95, TARGET_P95_S, unit=" ms", scale=1000)]]
     return Section("a. Time to first token added by the queue", body, summary)
+
+
+def _failed(f: dict) -> str:
+    if not f.get("failed"):
+        return ""
+    return (f"\n\n**{len(f['failed'])} queued request(s) failed** and are not in the figures: "
+            + "; ".join(sorted(set(f["failed"]))[:3]))
 
 
 def _standby(g: dict | None) -> str:

@@ -18,6 +18,7 @@ same whoever holds the socket. This does what ``nicegui/static/nicegui.js`` does
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import re
 import uuid
@@ -127,16 +128,18 @@ class PageClient:
         page has no such element or listener."""
         for eid in find(self.elements, testid):
             for listener in self.elements[eid].get("events") or []:
-                if listener.get("type") == event_type:
-                    await self.sio.emit("event", {"id": int(eid), "client_id": self.client_id,
-                                                  "listener_id": listener["listener_id"],
-                                                  "args": [json.dumps(arg) for arg in args]})  # each arg JSON, as nicegui.js sends
+                if listener.get("type") == event_type and self.sio.connected:
+                    with contextlib.suppress(socketio.exceptions.BadNamespaceError):  # dropped meanwhile
+                        await self.sio.emit("event", {
+                            "id": int(eid), "client_id": self.client_id, "listener_id": listener["listener_id"],
+                            "args": [json.dumps(arg) for arg in args]})  # each argument JSON, as nicegui.js sends
                     return True
         return False
 
     async def ack(self) -> None:
         if self.sio.connected:
-            await self.sio.emit("ack", {"client_id": self.client_id, "next_message_id": self.next_message_id})
+            with contextlib.suppress(socketio.exceptions.BadNamespaceError):  # dropped meanwhile: nothing to ack
+                await self.sio.emit("ack", {"client_id": self.client_id, "next_message_id": self.next_message_id})
 
     async def close(self) -> None:
         if self.sio.connected:
