@@ -45,7 +45,7 @@ class Sizes:
 
 FULL = Sizes(bound_s=17 * 60, ttft_warmup=3, ttft_reps=40, idle_pause_s=1.0, pipeline_jobs=1000,
              noop_messages=3000, throughput_reps=3, fanout_pages=200, fanout_answers=20, fanout_window_s=10.0,
-             chromium_pages=5, sse_clients=1000, sse_jobs=50, sse_tokens=200, idle_window_s=20.0, page_tokens=2000,
+             chromium_pages=5, sse_clients=1000, sse_jobs=50, sse_tokens=100, idle_window_s=20.0, page_tokens=2000,
              scale_waiting=10_000, scale_reps=300)
 QUICK = Sizes(bound_s=175, ttft_warmup=1, ttft_reps=4, idle_pause_s=1.0, pipeline_jobs=200, noop_messages=500,
               throughput_reps=1, fanout_pages=20, fanout_answers=4, fanout_window_s=2.0, chromium_pages=2,

@@ -260,7 +260,8 @@ NiceGUI, API and the shared Redis reader) in % of one core over {f['window_s']:g
     ok = f["totals_ok"] == f["pages"] and f["answers_ok"] == f["answers"]
     summary = [[f"c. app CPU, {f['pages']} pages + {f['answers']} answers", "< 50 % of a core", f"{f['streaming_cpu']:.1f} %",
                 "never ran (100 Chromium pages did not fit)", verdict(f["streaming_cpu"], TARGET_CPU, unit=" points")],
-               ["c. every page got its updates", "all", f"{f['totals_ok']}/{f['pages']} pages, {f['answers_ok']}/{f['answers']} answers",
+               ["c. every page got its updates", "all", f"{f['totals_ok']}/{f['pages']} pages, {f['answers_ok']}/{f['answers']} answers"
+                + (f" ({f['dropped']} sockets dropped)" if f.get("dropped") else ""),
                 "—", "**met**" if ok else "**missed**"]]
     return Section("c. Fan-out to live pages, without Chromium", body, summary)
 

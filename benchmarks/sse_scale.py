@@ -54,24 +54,30 @@ def app_figures(pid: int) -> tuple[int, int]:
 async def run_clients(app: App, jobs: list[tuple[str, str]], clients: int, on_connected, settle) -> list[SseResult]:
     """``clients`` SSE clients spread evenly over ``jobs`` ((job id, key)); ``on_connected()`` once all have their
     response headers, before the jobs may run; ``settle()`` returns once the jobs have ended (or stopped ending).
-    A client still open 60 s after that is closed, its result an error."""
+    A client still open 120 s after that is closed, its result an error."""
     url = urlsplit(app.url)
     connected = [asyncio.Event() for _ in range(clients)]
+    results = [SseResult() for _ in range(clients)]
     tasks = []
     for index in range(clients):
         job_id, key = jobs[index % len(jobs)]
         tasks.append(asyncio.create_task(follow(url.hostname, url.port, f"/stream/status/{job_id}",
-                                                {"Authorization": f"Bearer {key}"}, connected[index])))
+                                                {"Authorization": f"Bearer {key}"}, connected[index],
+                                                result=results[index])))
         if index % CONNECT_BATCH == CONNECT_BATCH - 1:
             await asyncio.gather(*(event.wait() for event in connected[index + 1 - CONNECT_BATCH:index + 1]))
     await asyncio.wait_for(asyncio.gather(*(event.wait() for event in connected)), 60)
     await asyncio.to_thread(on_connected)
     await asyncio.to_thread(settle)
-    _, pending = await asyncio.wait(tasks, timeout=60)
+    _, pending = await asyncio.wait(tasks, timeout=120)
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
-    return [SseResult(error="still open: its job never ended") if task in pending else task.result() for task in tasks]
+    for task, result in zip(tasks, results, strict=True):
+        if task in pending:
+            tokens = sum(1 for event in result.events if event.event == "token")
+            result.error = f"still open 120 s after the jobs ended ({tokens} tokens received by then)"
+    return results
 
 
 def measure(stack: Stack, app: App, workers: Workers, clients: int, job_count: int, tokens: int) -> dict:

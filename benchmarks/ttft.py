@@ -155,9 +155,10 @@ def _standby(g: dict | None) -> str:
     return f"""**Diagnostic** ({q.n} more requests, not the figure above): with a standby ticket waiting in each worker process —
 made by sending two surplus tickets first, which the engine does not do by itself — submit → admitted takes
 {fmt_ms(admitted.p50)} p50 / {fmt_ms(admitted.p95)} p95 and the queue adds {fmt_ms(q.p50 - d.p50)} p50 / {fmt_ms(q.p95 - d.p95)} p95. In the engine as it is,
-a ticket that ran a job ends, and a new standby only forms when a ticket finds the line empty — which a
-sequence of single requests never causes — so each new job waits for an idle Dramatiq consumer's next poll
-(`dramatiq_worker_timeout=500`: up to half a second)."""
+a ticket that ran a job ends, and a standby only forms when a ticket finds the line empty (a surplus ticket,
+e.g. from the janitor's top-up racing a submit): a sequence of single requests need not leave one, and without
+one a new job waits for an idle Dramatiq consumer's next poll (`dramatiq_worker_timeout=500`: up to half a
+second). Whether a run has a standby is down to such races; compare submit → admitted above with this."""
 
 
 def _why(f: dict) -> str:

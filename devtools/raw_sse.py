@@ -66,9 +66,10 @@ async def read_chunked(reader: asyncio.StreamReader):
 
 
 async def follow(host: str, port: int, path: str, headers: dict[str, str], connected: asyncio.Event | None = None,
-                 until: str = "done") -> SseResult:
-    """GET ``path`` and collect its events until one named ``until`` (or the end of the body)."""
-    result = SseResult()
+                 until: str = "done", result: SseResult | None = None) -> SseResult:
+    """GET ``path`` and collect its events into ``result`` (so that a client cancelled midway shows what it got)
+    until one named ``until`` (or the end of the body)."""
+    result = result if result is not None else SseResult()
     reader, writer = await asyncio.open_connection(host, port)
     try:
         lines = [f"GET {path} HTTP/1.1", f"Host: {host}:{port}", "Accept: text/event-stream",
