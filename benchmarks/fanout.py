@@ -134,7 +134,8 @@ async def measure_async(stack: Stack, app: App, pages: int, answers: int, window
             "running": len(running), "idle_rss": idle_rss, "live_rss": live_rss, "fds": fds,
             "answer_updates": received[:answers], "watcher_updates": received[answers:], "duration_s": duration,
             "totals_ok": sum(totals_ok), "answers_ok": sum(answers_ok), "stuck": len(stuck),
-            "reloads": sum(page.reloads for page in all_pages), "dropped": dropped}
+            "reloads": sum(page.reloads for page in all_pages), "dropped": dropped,
+            "reconnects": sum(page.reconnects for page in all_pages)}
 
 
 def app_fds(pid: int) -> int:
@@ -253,7 +254,9 @@ NiceGUI, API and the shared Redis reader) in % of one core over {f['window_s']:g
 - **Every page received what it should**: {f['totals_ok']} of {f['pages']} pages ended with the total-requests card at
   "{f['answers']} done"; {f['answers_ok']} of {f['answers']} answer pages ended with their answer's last token.{_hang(f)}
 - {f.get('reloads', 0)} page load(s) had to be repeated because the server had dropped the page before its socket
-  connected (a browser reloads then too); {f.get('dropped', 0)} page socket(s) were no longer connected at the end.
+  connected (a browser reloads then too); sockets reconnected {f.get('reconnects', 0)} time(s) after the server dropped them
+  (NiceGUI waits 2 s for a pong; the pages share this benchmark process with the fake LLM on 2 loaded cores), and
+  {f.get('dropped', 0)} page socket(s) were not connected at the end.
 - Update messages received per page from the start of the answers to their end ({f['duration_s']:.0f} s; min / median / max):
   answer pages {spread(f['answer_updates'])}, other pages {spread(f['watcher_updates'])}.
 {_chromium(check)}"""

@@ -8,8 +8,9 @@ same whoever holds the socket. This does what ``nicegui/static/nicegui.js`` does
    (``client_id``, ``next_message_id``, ``implicit_handshake``);
 2. connect to ``/_nicegui_ws/socket.io`` over a websocket with that query plus a ``document_id`` and ``tab_id``
    (the implicit handshake: the server accepts the page on connect, no ``handshake`` event);
-3. apply every ``update`` message to its copy of the elements, as the Vue app does (``None`` deletes one), and
-   ``ack`` the messages received, as the page does every 3 s, so the server can prune its history.
+3. apply every ``update`` message to its copy of the elements, as the Vue app does (``None`` deletes one), skip
+   the replays of messages seen (``_id``), and ``ack`` the messages received, as the page does every 3 s;
+4. reconnect when dropped, as socket.io's JS client does (counted in ``reconnects``).
 
 :meth:`PageClient.emit_event` sends an element's event as the browser would (e.g. the metrics drawer's
 ``update:modelValue`` that Quasar's ``show-if-above`` sends on a wide screen).
@@ -79,8 +80,13 @@ class PageClient:
         self.next_message_id = 0
         self.client_id = ""
         self.reloads = 0
-        self.sio = socketio.AsyncClient(http_session=session, reconnection=False, ssl_verify=False)
+        # Reconnecting as socket.io's JS client does: NiceGUI answers pings for 2 s only (ping_timeout =
+        # 0.4 × reconnect_timeout), and a page that missed one is dropped; the server replays what it missed.
+        self.sio = socketio.AsyncClient(http_session=session, reconnection=True, reconnection_delay=0.5,
+                                        ssl_verify=False)
         self.sio.on("*", self._on_message)
+        self.sio.on("connect", self._on_connect)
+        self.connects = 0
 
     async def open(self, attempts: int = 3) -> PageClient:
         """Load the page and connect; a refused handshake (the server dropped the page before its socket came, as
@@ -107,6 +113,13 @@ class PageClient:
         await self.sio.connect(f"{'/'.join(self.base)}?{params}", transports=["websocket"],
                                socketio_path="/_nicegui_ws/socket.io", wait_timeout=30)
         return self
+
+    async def _on_connect(self) -> None:
+        self.connects += 1
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self.connects - 1)
 
     async def _on_message(self, event: str, *args) -> None:
         self.messages += 1
