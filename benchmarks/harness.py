@@ -104,17 +104,20 @@ def exit_code(main: Callable[[], int | None]) -> int:
 # --- the stack --------------------------------------------------------------------------------------------
 
 class WireClock:
-    """ASGI middleware around the fake LLM: the wall-clock time each chat response sent its first body chunk,
-    and the time a chunk containing ``marker`` left. That is the LLM-side reference of the streaming lag."""
+    """ASGI middleware around the fake LLM: the wall-clock time each chat request arrived, each chat response
+    sent its first body chunk, and a chunk containing ``marker`` left: the LLM's side of the hops the benchmarks
+    break time down into."""
 
     def __init__(self, app, marker: bytes = b"ENDMARK") -> None:
         self.app, self.marker = app, marker
+        self.received: list[float] = []
         self.first_chunk: list[float] = []
         self.marker_sent: list[float] = []
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope.get("path") != "/api/chat":
             return await self.app(scope, receive, send)
+        self.received.append(time.time())
         first = True
 
         async def timed_send(message) -> None:
@@ -182,15 +185,21 @@ class Summary:
     p50: float
     p95: float
     mean: float
+    p99: float = math.nan
+
+
+def nearest_rank(ordered: list[float], share: float) -> float:
+    """The nearest-rank percentile of sorted values (no interpolation: a value that was observed)."""
+    return ordered[max(0, math.ceil(share * len(ordered)) - 1)]
 
 
 def summarize(values: list[float]) -> Summary:
-    """Median and nearest-rank 95th percentile (no interpolation: a p95 is a value that was observed)."""
+    """Median, nearest-rank 95th and 99th percentiles, and the mean."""
     if not values:
         return Summary(0, math.nan, math.nan, math.nan)
     ordered = sorted(values)
-    p95 = ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
-    return Summary(len(values), statistics.median(ordered), p95, statistics.fmean(ordered))
+    return Summary(len(values), statistics.median(ordered), nearest_rank(ordered, 0.95),
+                   statistics.fmean(ordered), nearest_rank(ordered, 0.99))
 
 
 def ratio(value: float, baseline: float) -> str:

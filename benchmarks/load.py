@@ -54,8 +54,7 @@ from benchmarks.harness import (
 from devtools import sse
 from devtools.figures import PeakMemory
 from devtools.processes import ROOT
-from devtools.waiting import wait_for
-from tasks import queue
+from tasks import keys, queue
 
 REPORT = ROOT / "docs" / "load.md"
 PRIORITIES = tuple(queue.PRIORITY_LEVELS)
@@ -207,8 +206,27 @@ def drained(http: httpx.Client, client, sent: list[Sent]) -> dict | None:
         return None
     pipe = client.pipeline(transaction=False)
     for item in sent:
-        pipe.hget(queue.job_key(item.job_id), "status")
+        pipe.hget(keys.job(item.job_id), "status")
     return stats if all(status in queue.TERMINAL for status in pipe.execute()) else None
+
+
+def drain(http: httpx.Client, client, sent: list[Sent], bound_s: float, stall_s: float = 30.0) -> dict:
+    """The final stats once drained — or, when no job has ended for ``stall_s`` (jobs left running after their
+    last token: an engine hang), the stats as they are then; the checks then say what never ended."""
+    deadline, progress_at, ended = time.monotonic() + bound_s, time.monotonic(), -1
+    while time.monotonic() < deadline:
+        stats = drained(http, client, sent)
+        if stats:
+            return stats
+        stats = http.get("/api/queue/stats").json()
+        now = stats["completed"] + stats["failed"] + stats["cancelled"]
+        if now != ended:
+            ended, progress_at = now, time.monotonic()
+        elif time.monotonic() - progress_at > stall_s:
+            log(f"no job ended for {stall_s:g} s: {stats['running']} left running; checking what there is")
+            return stats
+        time.sleep(0.25)
+    raise AssertionError(f"the queue did not drain within {bound_s:g} s")
 
 
 def drive(stack: Stack, app_url: str, count: int, seed: int, bound_s: float) -> dict:
@@ -225,7 +243,7 @@ def drive(stack: Stack, app_url: str, count: int, seed: int, bound_s: float) -> 
     canceller.close()
     client = stack.redis()
     with httpx.Client(base_url=app_url, timeout=30) as http:
-        stats = wait_for(lambda: drained(http, client, sent), bound_s, "the queue to drain", interval=0.25)
+        stats = drain(http, client, sent, bound_s)
     wall = time.monotonic() - started
     canceller.join(30)
     stopping.set()
@@ -248,8 +266,8 @@ def read_jobs(stack: Stack, sent: list[Sent]) -> dict[str, dict]:
     client = stack.redis()
     pipe = client.pipeline(transaction=False)
     for item in sent:
-        pipe.hgetall(queue.job_key(item.job_id))
-        pipe.xrange(queue.stream_key(item.job_id))
+        pipe.hgetall(keys.job(item.job_id))
+        pipe.xrange(keys.stream(item.job_id))
     replies = pipe.execute()
     records = {}
     for item, raw, entries in zip(sent, replies[0::2], replies[1::2]):
@@ -277,7 +295,7 @@ def order_violations(records: dict[str, dict]) -> tuple[list[str], list[str]]:
             continue
         for better_score, created, left, _, better_id in jobs[:index]:
             if created < started and (left is None or left > started):
-                same_level = better_score // 10**12 == score // 10**12
+                same_level = better_score // queue.LEVEL_SPAN == score // queue.LEVEL_SPAN
                 (within if same_level else across).append(f"{job_id} admitted while {better_id} waited")
     return across, within
 
@@ -403,8 +421,8 @@ Python {info['python']}. **Load average** (1/5/15 min): {load_before} before, {l
 **Set-up** (private, loopback, started by the script): `redis-server` on a free port in a temporary folder; the
 fake LLM (`devtools/fake_llm`) answering {TOKENS} tokens {TOKEN_DELAY_S * 1000:g} ms apart; `main.py --no-workers`;
 `dramatiq tasks.actors --processes 2 --threads 8` with `main.py`'s worker environment
-(`dramatiq_queue_prefetch=8`, `dramatiq_worker_timeout=20`); `QUEUE_CONCURRENCY=3`, `QUEUE_RATE_PER_MIN=0`,
-`API_RATE_PER_MIN=0`. {count} jobs, priorities drawn uniformly from high/normal/low, were sent with
+(`dramatiq_queue_prefetch=8`, `dramatiq_worker_timeout=500`); `QUEUE_CONCURRENCY=3`, `QUEUE_RATE_PER_MIN=0`,
+`API_RATE_PER_MIN=0`, `QUEUE_MAX_WAITING_PER_USER` above the job count (every job is one anonymous caller's). {count} jobs, priorities drawn uniformly from high/normal/low, were sent with
 `POST /api/chat` from {SUBMITTERS} threads at once; {sum(1 for s in result['sent'] if s.cancel)} were cancelled with
 `DELETE /api/jobs/{{id}}` at a random moment within {CANCEL_WITHIN_S:g} s of their submission; {WATCHERS} SSE
 clients (`/stream/status/{{id}}`) took the jobs in submission order, each following one job to its end before
@@ -441,7 +459,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     load_before = load_average()
-    with time_bound(args.bound), Stack("load", **SETTINGS, QUEUE_MAX_WAITING=str(args.jobs + 100)) as stack:
+    with time_bound(args.bound), Stack("load", **SETTINGS, QUEUE_MAX_WAITING=str(args.jobs + 100),
+                                       QUEUE_MAX_WAITING_PER_USER=str(args.jobs + 100)) as stack:
         app = stack.start_app("--no-workers")
         with stack.workers(processes=2, threads=8) as workers:
             log(f"app on {app.url}, 2 worker processes × 8 threads; {args.jobs} jobs")

@@ -10,6 +10,10 @@ privately on loopback, watch it, break it and stop it without leaving a process 
 - ``proxy.py``       a TCP proxy that can be paused (a silent partition) or dropped
 - ``browser.py``     the system Chromium through Playwright
 - ``sse.py``         the app's Server-Sent Events, read with httpx-sse
+- ``raw_sse.py``     the same on a bare asyncio socket, for a thousand clients in one process
+- ``page_client.py`` one live NiceGUI page without a browser (NiceGUI's socket.io protocol, python-socketio)
+- ``sessions.py``    the browser user a session cookie stands for
+- ``redis_clients.py`` Redis' connections counted per process (``CLIENT LIST`` and psutil)
 - ``figures.py``     process readings through psutil: trees, CPU, memory, connections, marked processes
 - ``waiting.py``     :func:`wait_for`: poll a condition with a deadline
 """

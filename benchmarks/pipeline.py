@@ -1,0 +1,142 @@
+"""b. Pipeline throughput: jobs/s end to end with an instant LLM and the cap lifted, against a bare Dramatiq
+no-op actor (``benchmarks/noop_actor.py``) on the same processes, threads, Redis and worker environment.
+
+Submitting is part of the pipeline, so both sides are fed by the same number of threads in this process. The
+outcome is checked exactly-once: every job completed, once (one ``done`` entry, one attempt, one LLM call).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+from benchmarks.common import Section, verdict
+from benchmarks.harness import Stack, ratio, summarize, table
+from devtools.waiting import wait_for
+from tasks import keys
+from tasks.store import sync_store
+
+TARGET_JOBS_S, TARGET_RATIO = 300.0, 0.3
+SUBMITTERS = 4
+
+
+def feed(count: int, send) -> None:
+    """``send(index)`` for 0..count-1 from :data:`SUBMITTERS` threads."""
+    with concurrent.futures.ThreadPoolExecutor(SUBMITTERS) as pool:
+        list(pool.map(send, range(count)))
+
+
+def pipeline_rate(stack: Stack, count: int, stall_s: float = 10.0) -> dict:
+    """Jobs/s from the first submit until the last job is counted completed — or, when jobs stop completing for
+    ``stall_s`` (the engine hang: jobs left running after their last token), until the last completion, with the
+    jobs left running counted; and what breaks the exactly-once outcome."""
+    stack.reset_data()
+    client = stack.redis()
+    ids: list[str] = [""] * count
+
+    def send(index: int) -> None:
+        ids[index] = sync_store().submit(f"[[tokens=1]] throughput {index}", user=f"bench-{index % 8}").job_id
+
+    requests_before = stack.fake.hits["/api/chat"]
+    start = time.perf_counter()
+    feed(count, send)
+    completed, progress_at = 0, time.perf_counter()
+    while completed < count and time.perf_counter() - progress_at < stall_s:
+        time.sleep(0.002)
+        now = int(client.hget(keys.TOTALS, "completed") or 0)
+        if now > completed:
+            completed, progress_at = now, time.perf_counter()
+    stuck, problems = exactly_once(client, ids, stack.fake.hits["/api/chat"] - requests_before)
+    return {"rate": completed / (progress_at - start), "completed": completed, "stuck": stuck, "problems": problems}
+
+
+def exactly_once(client, ids: list[str], llm_calls: int) -> tuple[int, list[str]]:
+    """(jobs still running, what breaks 'every ended job completed, once'): over what Redis holds."""
+    pipe = client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hmget(keys.job(job_id), "status", "attempts").xrange(keys.stream(job_id))
+    replies = pipe.execute()
+    problems, stuck, completed = [], 0, 0
+    for index, job_id in enumerate(ids):
+        (status, attempts), entries = replies[2 * index], replies[2 * index + 1]
+        if status == "running":
+            stuck += 1
+            continue
+        done = sum(1 for _, fields in entries if fields.get("k") == "done")
+        completed += status == "completed"
+        if status != "completed" or attempts != "1" or done != 1:
+            problems.append(f"{job_id}: status {status}, attempts {attempts}, {done} done entries")
+    totals = client.hgetall(keys.TOTALS)
+    if int(totals.get("completed") or 0) != completed:
+        problems.append(f"totals say {totals.get('completed')} completed, the records {completed}")
+    if llm_calls != len(ids):
+        problems.append(f"{llm_calls} LLM calls for {len(ids)} jobs")
+    return stuck, problems
+
+
+def noop_rate(stack: Stack, count: int) -> float:
+    """Messages/s through the bare actor, fed the same way."""
+    from benchmarks import noop_actor  # binds to this stack's Redis (REDIS_URL) when first imported
+
+    client = stack.redis()
+    client.delete(noop_actor.COUNTER)
+    start = time.perf_counter()
+    feed(count, lambda _: noop_actor.noop.send())
+    wait_for(lambda: int(client.get(noop_actor.COUNTER) or 0) >= count, 120, f"{count} no-op messages",
+             interval=0.002)
+    return count / (time.perf_counter() - start)
+
+
+def measure_pipeline(stack: Stack, jobs: int, reps: int) -> list[dict]:
+    pipeline_rate(stack, 20)  # warm-up: connections, scripts, the LLM client
+    return [pipeline_rate(stack, jobs) for _ in range(reps)]
+
+
+def measure_noop(stack: Stack, messages: int, reps: int) -> list[float]:
+    noop_rate(stack, 50)
+    return [noop_rate(stack, messages) for _ in range(reps)]
+
+
+def _stuck(stuck: int, total: int) -> str:
+    if not stuck:
+        return "Every job ended."
+    return (f"**{stuck} of {total} jobs never ended**: they stayed `running` after their answer (the engine hang "
+            "described in section d); their rate is counted up to the last completion.")
+
+
+def spread(values: list[float]) -> str:
+    return f"{min(values):.0f}–{max(values):.0f}"
+
+
+def section(runs: list[dict], noop: list[float], jobs: int, messages: int) -> Section:
+    pipeline = [run["rate"] for run in runs]
+    p, n = summarize(pipeline), summarize(noop)
+    stuck = sum(run["stuck"] for run in runs)
+    problems = [problem for run in runs for problem in run["problems"]]
+    share = p.p50 / n.p50 if n.p50 else float("nan")
+    body = f"""{jobs} jobs submitted with `JobStore.submit` (the API's own step: Lua submit + ticket) from {SUBMITTERS} threads while
+the workers run, until `completed` in `qc:totals` reaches the count; the fake LLM answers at once with one token
+(`[[tokens=1]]`); `QUEUE_CONCURRENCY` lifted to 1000, no start-rate limit. 2 worker processes × 8 threads
+(`dramatiq tasks.actors` with `main.py`'s worker environment). Baseline: `dramatiq benchmarks.noop_actor` (an actor
+that only `INCR`s a counter) on the same processes, threads, Redis and environment, {messages} messages sent with
+`.send()` from as many threads. {len(pipeline)} repetition(s) each.
+
+{table(["", "median", "range", "target", ""],
+       [["queuechat jobs/s", f"{p.p50:.0f}", spread(pipeline), "≥ 300", verdict(p.p50, TARGET_JOBS_S, at_most=False,
+                                                                             unit=" jobs/s", digits=0)],
+        ["bare Dramatiq no-op messages/s", f"{n.p50:.0f}", spread(noop), "", ""],
+        ["ratio", ratio(p.p50, n.p50), "", "≥ 0.3×", verdict(share, TARGET_RATIO, at_most=False, digits=2)]])}
+
+Exactly-once outcome checked on every measured run: each ended job `completed` with one attempt and exactly one
+`done` entry in its stream, `qc:totals` counts each once, and the fake LLM received exactly one chat request per
+job — {"kept" if not problems else "**broken**: " + "; ".join(problems[:5])}. {_stuck(stuck, len(runs) * jobs)}
+Baseline of the issue: 74 jobs/s against 1081 (0.07×).
+
+A job is more than a message: the submit Lua step, the ticket, the ADMIT step, the phase write, the
+conversation read, the HTTP call to the LLM, the token append and the finish step — each a Redis round trip or
+more, plus the Python work of an asyncio actor — on 2 cores shared with the submitting threads and the fake LLM
+(this process).
+"""
+    summary = [["b. pipeline jobs/s", "≥ 300", f"{p.p50:.0f}", "74", verdict(p.p50, TARGET_JOBS_S, at_most=False, unit=" jobs/s", digits=0)],
+               ["b. pipeline ÷ bare Dramatiq", "≥ 0.3×", ratio(p.p50, n.p50), "0.068×", verdict(share, TARGET_RATIO, at_most=False, digits=2)]]
+    return Section("b. Pipeline throughput", body, summary)
