@@ -20,7 +20,6 @@ from devtools.browser import chromium
 from devtools.fake_llm import Reply
 from devtools.figures import cpu_seconds, tree
 from devtools.stack import App, Workers
-from devtools.waiting import wait_for
 
 TARGET_IDLE = 2.0
 TARGET_PAGE_RATIO = 3.0

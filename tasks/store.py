@@ -265,7 +265,9 @@ class JobStore:
         if paused:
             return self.client.set(keys.PAUSED, "1")
         pipe = self.client.pipeline(transaction=True)
-        pipe.delete(keys.PAUSED).lpush(keys.WAKE, "resume").publish(keys.EVENTS, keys.QUEUE_CHANGED)
+        # one wake-up per ticket that may be waiting (the list's cap), not one in all: each admits a job at once
+        pipe.delete(keys.PAUSED).lpush(keys.WAKE, *["resume"] * 100).ltrim(keys.WAKE, 0, 99)
+        pipe.publish(keys.EVENTS, keys.QUEUE_CHANGED)
         return pipe.execute()
 
     def usage(self, hours: int = 24) -> list[dict]:
