@@ -111,7 +111,7 @@ async def measure_async(stack: Stack, app: App, pages: int, answers: int, window
         streaming_cpu = streaming.percent()
         running = store.board()["running"]
         stuck = await asyncio.to_thread(wait_ended, [job_id for _, _, job_id in opened], 120)
-        for job_id in stuck:  # the engine hang (section d): end them, and say so
+        for job_id in stuck:  # a job that never ended (a bug): end them, and say so
             store.cancel(job_id)
         await asyncio.sleep(2.5)  # the next drawer refresh on every page
         for page in all_pages:
@@ -176,7 +176,7 @@ def chromium_check(stack: Stack, app: App, pages: int, window_s: float) -> dict:
             with httpx.Client(base_url=app.url, timeout=30) as http:
                 ids = [http.post("/api/chat", json={"message": prompt(index, tokens)}).raise_for_status().json()["job_id"]
                        for index in range(pages)]
-            for job_id in wait_ended(ids, window_s + 60):  # the engine hang (section d)
+            for job_id in wait_ended(ids, window_s + 60):  # a job that never ended (a bug)
                 sync_store().cancel(job_id)
             time.sleep(2.5)
             browser_updates = [tab.evaluate("() => window.__updates") for tab in tabs]
@@ -272,8 +272,8 @@ NiceGUI, API and the shared Redis reader) in % of one core over {f['window_s']:g
 def _hang(f: dict) -> str:
     if not f.get("stuck"):
         return ""
-    return (f" {f['stuck']} of the {f['answers']} answers never ended (the engine hang of section d: running after "
-            "their last token); they were cancelled after the others, so those pages could not show them done.")
+    return (f" {f['stuck']} of the {f['answers']} answers never ended (still running after "
+            "their last token: a bug to report); they were cancelled after the others, so those pages could not show them done.")
 
 
 def _chromium(check: dict | None) -> str:

@@ -100,8 +100,8 @@ def measure_noop(stack: Stack, messages: int, reps: int) -> list[float]:
 def _stuck(stuck: int, total: int) -> str:
     if not stuck:
         return "Every job ended."
-    return (f"**{stuck} of {total} jobs never ended**: they stayed `running` after their answer (the engine hang "
-            "described in section d); their rate is counted up to the last completion.")
+    return (f"**{stuck} of {total} jobs never ended**: they stayed `running` after their answer (a bug "
+            "to report); their rate is counted up to the last completion.")
 
 
 def spread(values: list[float]) -> str:

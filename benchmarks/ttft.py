@@ -20,7 +20,6 @@ from benchmarks.harness import Stack, Summary, fmt_ms, ratio, summarize, table
 from devtools import sse
 from devtools.waiting import wait_for
 from tasks import keys, queue
-from tasks.broker import send_tickets
 from tasks.settings import settings
 
 TARGET_P50_S, TARGET_P95_S = 0.010, 0.020
@@ -98,14 +97,10 @@ def series(stack: Stack, http: httpx.Client, llm: httpx.Client, reps: int, warmu
 
 
 def measure(stack: Stack, app_url: str, reps: int, warmup: int, idle_s: float) -> dict:
-    """The run as the engine behaves by itself; then a diagnostic run with a standby ticket in each worker process
-    (two surplus tickets sent first), to tell how much of submit → admitted is waiting for Dramatiq's poll."""
+    """The run as the engine behaves by itself: each worker process keeps a standby ticket (tasks/actors.py)."""
     stack.reset_data()
     with httpx.Client(base_url=app_url, timeout=30) as http, httpx.Client(base_url=stack.fake.url, timeout=30) as llm:
         figures = series(stack, http, llm, reps, warmup, idle_s)
-        send_tickets(2)
-        time.sleep(1)
-        figures["standby"] = series(stack, http, llm, max(3, reps // 4), 0, idle_s)
     return {**figures, "reps": reps, "warmup": warmup, "idle_s": idle_s}
 
 
@@ -132,8 +127,6 @@ whole milliseconds, so a hop reads ±1 ms):
 {table(["hop", "p50", "p95"], hop_rows)}
 
 {_why(f)}{_failed(f)}
-
-{_standby(f.get("standby"))}
 """
     summary = [["a. TTFT added, p50", "≤ 10 ms", fmt_ms(added50), "37.6 ms", verdict(added50, TARGET_P50_S, unit=" ms", scale=1000)],
                ["a. TTFT added, p95", "≤ 20 ms", fmt_ms(added95), "48.7 ms", verdict(added95, TARGET_P95_S, unit=" ms", scale=1000)]]
@@ -147,25 +140,13 @@ def _failed(f: dict) -> str:
             + "; ".join(sorted(set(f["failed"]))[:3]))
 
 
-def _standby(g: dict | None) -> str:
-    """The diagnostic run: the same requests with a standby ticket waiting in each worker process."""
-    if not g:
-        return ""
-    q, d, admitted = g["queued"], g["direct"], g["hops"]["admitted"]
-    return f"""**Diagnostic** ({q.n} more requests, not the figure above): with a standby ticket waiting in each worker process —
-made by sending two surplus tickets first, which the engine does not do by itself — submit → admitted takes
-{fmt_ms(admitted.p50)} p50 / {fmt_ms(admitted.p95)} p95 and the queue adds {fmt_ms(q.p50 - d.p50)} p50 / {fmt_ms(q.p95 - d.p95)} p95. In the engine as it is,
-a ticket that ran a job ends, and a standby only forms when a ticket finds the line empty (a surplus ticket,
-e.g. from the janitor's top-up racing a submit): a sequence of single requests need not leave one, and without
-one a new job waits for an idle Dramatiq consumer's next poll (`dramatiq_worker_timeout=500`: up to half a
-second). Whether a run has a standby is down to such races; compare submit → admitted above with this."""
-
-
 def _why(f: dict) -> str:
     """A reading of the breakdown: which hop holds the time (said only from the figures)."""
     hops_p50: dict[str, Summary] = f["hops"]
     worst = max(hops_p50, key=lambda hop: hops_p50[hop].p50)
     return (f"The largest hop at p50 is *{HOP_LABELS[worst]}* ({fmt_ms(hops_p50[worst].p50)}). Submit → admitted "
-            "covers the HTTP request, the submit Lua step, the ticket and the standby ticket's wake-up and ADMIT step; "
-            "admitted → LLM received covers the phase write, `/api/ps` (cached), the conversation read and the HTTP "
-            "call; the appended → delivered hop is the app's shared XREAD waking and the SSE write.")
+            "covers the HTTP request (identity, limits), the submit Lua step, the ticket sent and the standby ticket's "
+            "wake-up and ADMIT step; admitted → LLM received is the worker's own Python (the record comes with the "
+            "admission, the phase is set there, a first turn reads no context) and httpx's request; the appended → "
+            "delivered hop is the app's shared XREAD waking, the fold, and the SSE write. Each is a few hops of asyncio "
+            "on a 2-core machine that runs all of them, the fake LLM and the client at once.")

@@ -196,3 +196,18 @@ def app_factory(env, tmp_path) -> Iterator[Callable[..., App]]:
     yield start
     for app in started:
         app.stop()
+
+
+@pytest.fixture(scope="module")
+def two_apps(stack_env, module_workers, tmp_path_factory) -> Iterator[tuple[App, App]]:
+    """Two app instances (``main.py --no-workers``) on one Redis and the module's workers, with one STORAGE_SECRET,
+    as behind a load balancer."""
+    env = {**stack_env, "STORAGE_SECRET": "one-secret-for-every-instance-0123456789"}
+    started = []
+    try:
+        for name in ("a", "b"):
+            started.append(App(env, tmp_path_factory.mktemp(f"instance-{name}")).start("--no-workers"))
+        yield started[0], started[1]
+    finally:
+        for app in started:
+            app.stop()

@@ -12,32 +12,18 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from devtools.sse import events
-from devtools.stack import App
 from devtools.waiting import wait_for
 from tasks import identities
 from tasks.store import sync_store
 
 
-@pytest.fixture(scope="module")
-def instances(stack_env, module_workers, tmp_path_factory) -> Iterator[tuple[App, App]]:
-    env = {**stack_env, "STORAGE_SECRET": "one-secret-for-every-instance-0123456789"}
-    started = []
-    try:
-        for name in ("a", "b"):
-            started.append(App(env, tmp_path_factory.mktemp(f"instance-{name}")).start("--no-workers"))
-        yield started[0], started[1]
-    finally:
-        for app in started:
-            app.stop()
-
-
 @pytest.fixture
-def clients(instances, r, fake_llm) -> Iterator[tuple[httpx.Client, httpx.Client]]:
+def clients(two_apps, r, fake_llm) -> Iterator[tuple[httpx.Client, httpx.Client]]:
     """An API client on each instance, with the same key."""
     key, _ = identities.create_key("team", max_priority="high")
     headers = {"Authorization": f"Bearer {key}"}
-    with httpx.Client(base_url=instances[0].url, headers=headers, timeout=10) as a, \
-            httpx.Client(base_url=instances[1].url, headers=headers, timeout=10) as b:
+    with httpx.Client(base_url=two_apps[0].url, headers=headers, timeout=10) as a, \
+            httpx.Client(base_url=two_apps[1].url, headers=headers, timeout=10) as b:
         yield a, b
 
 

@@ -4,26 +4,9 @@ the same conversations and the conversation itself."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from playwright.sync_api import expect
 
-from devtools.stack import App
 from tests.e2e.conftest import last_message, send
-
-
-@pytest.fixture(scope="module")
-def two_apps(stack_env, module_workers, tmp_path_factory) -> Iterator[tuple[App, App]]:
-    env = {**stack_env, "STORAGE_SECRET": "one-secret-for-every-instance-0123456789"}
-    started = []
-    try:
-        for name in ("a", "b"):
-            started.append(App(env, tmp_path_factory.mktemp(f"instance-{name}")).start("--no-workers"))
-        yield started[0], started[1]
-    finally:
-        for app in started:
-            app.stop()
 
 
 def test_a_session_started_on_one_instance_goes_on_on_the_other(browser, two_apps, redis_server, fake_llm):
