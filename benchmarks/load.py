@@ -55,6 +55,7 @@ from devtools import sse
 from devtools.figures import PeakMemory
 from devtools.processes import ROOT
 from tasks import keys, queue
+from tasks.broker import worker_environment
 
 REPORT = ROOT / "docs" / "load.md"
 PRIORITIES = tuple(queue.PRIORITY_LEVELS)
@@ -421,7 +422,7 @@ Python {info['python']}. **Load average** (1/5/15 min): {load_before} before, {l
 **Set-up** (private, loopback, started by the script): `redis-server` on a free port in a temporary folder; the
 fake LLM (`devtools/fake_llm`) answering {TOKENS} tokens {TOKEN_DELAY_S * 1000:g} ms apart; `main.py --no-workers`;
 `dramatiq tasks.actors --processes 2 --threads 8` with `main.py`'s worker environment
-(`dramatiq_queue_prefetch=8`, `dramatiq_worker_timeout=500`); `QUEUE_CONCURRENCY=3`, `QUEUE_RATE_PER_MIN=0`,
+(`{' '.join(f'{k}={v}' for k, v in worker_environment(8).items())}`); `QUEUE_CONCURRENCY=3`, `QUEUE_RATE_PER_MIN=0`,
 `API_RATE_PER_MIN=0`, `QUEUE_MAX_WAITING_PER_USER` above the job count (every job is one anonymous caller's). {count} jobs, priorities drawn uniformly from high/normal/low, were sent with
 `POST /api/chat` from {SUBMITTERS} threads at once; {sum(1 for s in result['sent'] if s.cancel)} were cancelled with
 `DELETE /api/jobs/{{id}}` at a random moment within {CANCEL_WITHIN_S:g} s of their submission; {WATCHERS} SSE

@@ -9,8 +9,8 @@ One ticket per process that finds nothing to do stays as a *standby*: it waits o
 submission pushes to, so a new job is admitted the moment it is written, without waiting for Dramatiq to hand
 out its ticket (idle consumers then need not poll Dramatiq often: see ``worker_environment``).
 
-A process keeps a standby ready: it sends itself a ticket when it boots, when a ticket that ran a job ends while
-no standby waits, and before its standby hands off. Without that, jobs one after another would each wait for
+A process keeps a standby ready: it sends itself a ticket when it boots, when its standby admits a job, when a
+ticket that ran a job ends while no standby waits, and before its standby hands off. Without that, jobs one after another would each wait for
 their own ticket (the standby runs the first; the next ticket finds nothing only if it comes before the next job).
 """
 
@@ -38,6 +38,7 @@ HANDOFF_SECONDS = 30.0
 SENT_FOR_SECONDS = 2.0  # a standby ticket sent that long ago went to another process (or was lost)
 # This process's standby (the actor's threads share one event loop): whether one waits, and when one was sent.
 _standby = {"waiting": False, "sent_at": float("-inf")}
+_background: set[asyncio.Task] = set()  # tasks nobody awaits, kept from the garbage collector
 
 
 @dramatiq.actor(actor_name=TICKET_ACTOR, queue_name=QUEUE_NAME,
@@ -67,6 +68,10 @@ async def admit_or_wait(store) -> queue.Admission | None:
         while not STOPPING.is_set():
             admission = queue.Admission.parse(await store.scripts.admit(WORKER_ID))
             if admission.outcome == "ok":
+                if standby:  # the process's next standby is sent now, beside this job, not after it
+                    standby = _standby["waiting"] = False
+                    _background.add(task := asyncio.create_task(keep_standby()))
+                    task.add_done_callback(_background.discard)
                 return admission
             if admission.outcome == "empty":
                 if not standby and _standby["waiting"]:

@@ -44,11 +44,11 @@ def worker_environment(threads: int) -> dict[str, str]:
 
     * ``dramatiq_queue_prefetch`` = threads: a process takes no more tickets than it can run, so one busy
       process can't sit on tickets while another is idle.
-    * ``dramatiq_worker_timeout`` = 500 ms: how often an idle consumer asks Dramatiq for tickets. A new job
+    * ``dramatiq_worker_timeout`` = 1 s: how often an idle consumer asks Dramatiq for tickets. A new job
       does not wait for that: the standby ticket of some process admits it at once (tasks/actors.py), and an
       idle worker costs next to nothing.
     """
-    return {"dramatiq_queue_prefetch": str(threads), "dramatiq_worker_timeout": "500"}
+    return {"dramatiq_queue_prefetch": str(threads), "dramatiq_worker_timeout": "1000"}
 
 
 def send_tickets(count: int) -> None:
