@@ -12,6 +12,7 @@ from playwright.sync_api import Browser, Locator, Page, expect
 from demo import images, script
 from demo.services import DemoError
 from devtools.browser import ChromiumMissing, chromium, find_chromium
+from devtools.page_user import PageUser
 from devtools.waiting import wait_for
 
 NARROW = {"width": 720, "height": 900}  # two of these side by side still read well at 960 px
@@ -27,20 +28,13 @@ def start_browser(stack: contextlib.ExitStack, say: Callable[[str], None]) -> Br
     return browser
 
 
-class User:
+class User(PageUser):
     """One person in their own browser context (so their own anonymous id, history and language)."""
 
     def __init__(self, name: str, page: Page) -> None:
         self.name, self.page = name, page
 
-    def open(self) -> None:
-        self.page.goto("/")
-        self.page.get_by_test_id("message-input").wait_for()
-
     # --- finding things
-
-    def testid(self, testid: str) -> Locator:
-        return self.page.get_by_test_id(testid)
 
     def message(self, turn: script.Turn) -> Locator:
         return self.testid("message").filter(has_text=turn.prompt)
@@ -48,11 +42,6 @@ class User:
     def part(self, turn: script.Turn, testid: str) -> Locator:
         """One part of a message: queue-position, message-status, answer, attempt, stop-button, message-note."""
         return self.message(turn).get_by_test_id(testid)
-
-    def on_screen(self, locator: Locator) -> bool:
-        """Inside the window: a closed drawer is still "visible" to Playwright, just moved off the side."""
-        box = locator.bounding_box()
-        return box is not None and box["x"] >= 0 and box["x"] + box["width"] <= self.page.viewport_size["width"] + 1
 
     # --- doing things
 
@@ -75,22 +64,6 @@ class User:
         self.testid("message-input").press("Enter")
         self.message(turn).last.wait_for()
         expect(self.testid("message-input")).to_have_value("")
-
-    def set_priority(self, priority: str) -> None:
-        """Choose the priority in the sidebar, sliding it open first when the window is too narrow to dock it."""
-        button = self.testid(f"priority-{priority}")
-        overlay = not self.on_screen(button)
-        if overlay:
-            self.testid("sidebar-toggle").click()
-        button.click()
-        if overlay:  # a click beside the drawer closes it
-            size = self.page.viewport_size
-            self.page.mouse.click(size["width"] - 24, size["height"] // 2)
-            wait_for(lambda: not self.on_screen(button), 10, "the sidebar to close")
-
-    def toggle_language(self, new_chat_label: str) -> None:
-        self.testid("lang-toggle").click()
-        self.testid("new-chat").filter(has_text=new_chat_label).wait_for(state="attached")
 
     def new_chat(self) -> None:
         self.testid("new-chat").click()

@@ -353,7 +353,7 @@ class Tour:
     def chinese(self) -> None:
         """Alice switches to 中文 while Bob keeps the LLM busy: the queue speaks Chinese too."""
         alice, bob = self.alice, self.bob
-        alice.toggle_language("新对话")
+        alice.switch_language("新对话")
         alice.new_chat()
         bob.set_priority("normal")
         bob.send(script.RELEASE_NOTE)
@@ -370,7 +370,7 @@ class Tour:
     def history(self) -> None:
         """Back to English; the task history lists every message with its status, and opens it."""
         alice = self.alice
-        alice.toggle_language("New chat")
+        alice.switch_language("New chat")
         alice.testid("tab-history").click()
         items = alice.testid("history-item")
         self.see("Alice's tasks in her history", items.nth(4 if self.offline else 3))

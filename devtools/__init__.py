@@ -9,6 +9,7 @@ privately on loopback, watch it, break it and stop it without leaving a process 
 - ``fake_llm/``      a scripted LLM server speaking Ollama's and the OpenAI-compatible API; a blackhole address
 - ``proxy.py``       a TCP proxy that can be paused (a silent partition) or dropped
 - ``browser.py``     the system Chromium through Playwright
+- ``page_user.py``   a person at a queuechat page: the moves both tours make (priority, language, drawers)
 - ``sse.py``         the app's Server-Sent Events, read with httpx-sse
 - ``raw_sse.py``     the same on a bare asyncio socket, for a thousand clients in one process
 - ``page_client.py`` one live NiceGUI page without a browser (NiceGUI's socket.io protocol, python-socketio)

@@ -10,8 +10,9 @@ submission pushes to, so a new job is admitted the moment it is written, without
 out its ticket (idle consumers then need not poll Dramatiq often: see ``worker_environment``).
 
 A process keeps a standby ready: it sends itself a ticket when it boots, when its standby admits a job, when a
-ticket that ran a job ends while no standby waits, and before its standby hands off. Without that, jobs one after another would each wait for
-their own ticket (the standby runs the first; the next ticket finds nothing only if it comes before the next job).
+ticket that ran a job ends while no standby waits, and before its standby hands off. Without that, jobs one after
+another would each wait for their own ticket (the standby runs the first; the next ticket finds nothing only if it
+comes before the next job).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image
 from playwright.sync_api import Browser, Locator, expect
 
+from devtools.page_user import PageUser
 from devtools.waiting import wait_for
 
 DESKTOP = {"width": 1280, "height": 860}
@@ -21,7 +22,7 @@ PHONE = {"width": 390, "height": 844}
 ANSWER_MS = 300_000  # an answer of the real model: its own pace, on a machine others share
 
 
-class Person:
+class Person(PageUser):
     def __init__(self, browser: Browser, app_url: str, name: str, *, phone: bool = False) -> None:
         self.name = name
         self.context = browser.new_context(base_url=app_url, locale="en-US", viewport=PHONE if phone else DESKTOP,
@@ -30,17 +31,13 @@ class Person:
         self.page = self.context.new_page()
 
     def open(self) -> Person:
-        self.page.goto("/")
-        self.testid("message-input").wait_for()
+        super().open()
         return self
 
     def close(self) -> None:
         self.context.close()
 
     # --- finding things
-
-    def testid(self, testid: str) -> Locator:
-        return self.page.get_by_test_id(testid)
 
     def message(self, prompt: str) -> Locator:
         return self.testid("message").filter(has_text=prompt).last
@@ -109,31 +106,10 @@ class Person:
             self.page.wait_for_timeout(100)
         raise AssertionError(f"{self.name}: the answer to {prompt!r} did not reach {chars} characters")
 
-    def set_priority(self, priority: str) -> None:
-        """Choose the priority in the sidebar, sliding it open first when the window is too narrow to dock it."""
-        button = self.testid(f"priority-{priority}")
-        overlay = not self.on_screen(button)
-        if overlay:
-            self.testid("sidebar-toggle").click()
-        button.click()
-        if overlay:  # a click beside the drawer closes it
-            size = self.page.viewport_size
-            self.page.mouse.click(size["width"] - 12, size["height"] // 2)
-            wait_for(lambda: not self.on_screen(button), 10, "the sidebar to close")
-
     def show_metrics(self) -> None:
         if not self.on_screen(self.testid("metrics-panel")):
             self.testid("metrics-toggle").click()
             wait_for(lambda: self.on_screen(self.testid("metrics-panel")), 10, "the metrics panel")
-
-    def on_screen(self, locator: Locator) -> bool:
-        """Inside the window: a closed drawer is still "visible" to Playwright, just moved off the side."""
-        box = locator.bounding_box()
-        return box is not None and box["x"] >= 0 and box["x"] + box["width"] <= self.page.viewport_size["width"] + 1
-
-    def to_language(self, new_chat_label: str) -> None:
-        self.testid("lang-toggle").click()
-        self.testid("new-chat").filter(has_text=new_chat_label).first.wait_for(state="attached")
 
     # --- pictures
 

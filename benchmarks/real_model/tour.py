@@ -353,7 +353,7 @@ class Tour:
     def chinese(self) -> None:
         """中文: the interface in Chinese, a question in Chinese, the answer whole."""
         dana, prompt = self.dana, ZH_PROMPT
-        dana.to_language("新对话")
+        dana.switch_language("新对话")
         dana.new_chat()
         # Sampled (seeded): at temperature 0 this base model only repeats the question; at 0.8 it answers in Chinese
         dana.options(temperature=0.8, seed=42, max_tokens=self.sizes.reload_tokens)
@@ -367,7 +367,7 @@ class Tour:
         self._identity("中文 (browser)", record.job_id)
         self._shoot(dana, "desktop-zh.png", "中文: the interface and a question in Chinese, the answer streamed in",
                     prompt)
-        dana.to_language("New chat")
+        dana.switch_language("New chat")
 
     def server_dies(self) -> None:
         """The model server dies mid-answer and comes back: the answer starts afresh, one WARNING per failure."""
