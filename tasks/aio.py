@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 log = logging.getLogger("queuechat.aio")
 
 AGAIN_SECONDS = 0.25  # how long a cancelled task may take to end before it is cancelled again
+_finishing: set[asyncio.Task] = set()  # tasks of `finish` whose caller left: kept until they end
 
 
 async def stop(*tasks: asyncio.Task) -> None:
@@ -38,3 +43,22 @@ async def stop(*tasks: asyncio.Task) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)  # all over: this only collects their outcomes
     if interrupted is not None:
         raise interrupted
+
+
+async def finish(awaitable: Awaitable[T]) -> T:
+    """Await ``awaitable`` in a task of its own, which runs to its end even if the caller is cancelled meanwhile.
+
+    For the last step of a cancelled request (cancelling the job of a client that left). Under anyio, a task
+    whose cancel scope was cancelled (Starlette's, when a streaming response's client goes away) has every await
+    cancelled again, in ``finally`` blocks too: the Redis command would be cut off before it was sent. A new task
+    is outside that scope. The caller still sees its own cancellation; the task's outcome is then only logged."""
+    task = asyncio.ensure_future(awaitable)
+    _finishing.add(task)
+    task.add_done_callback(_finished)
+    return await asyncio.shield(task)
+
+
+def _finished(task: asyncio.Task) -> None:
+    _finishing.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("%s failed: %r", task.get_name(), task.exception())

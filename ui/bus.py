@@ -82,7 +82,8 @@ class Followed:
     job: JobState | None = None
     cursor: str = '0-0'
     callbacks: list[Callback] = field(default_factory=list)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)  # set once ``job`` is read (or could not be)
+    cancelled: bool = False  # its first follower was cancelled before the job was read: the next one reads it
     # followers that resumed from an entry the tail had not read yet: what they have seen, not to be told again
     seen: dict[Callback, str] = field(default_factory=dict)
 
@@ -121,26 +122,33 @@ class Bus:
         """
         followed = self._jobs.get(job_id)
         if followed is None:
-            followed = self._jobs[job_id] = Followed()
+            followed = self._jobs[job_id] = Followed(cancelled=True)
             try:
-                followed.job = job = await async_store().job(job_id)
-                if job is not None and job.waiting and not job.blocked:  # its first figures come with its ETA
-                    job.eta_seconds = await async_store().eta(job.position, job.model)
-            except REDIS_ERRORS:
-                followed.job = None
-            followed.ready.set()
+                followed.job = await self._load(job_id)
+                followed.cancelled = False
+            finally:  # also when this follower is cancelled meanwhile: the others waiting for it must go on
+                followed.ready.set()
+                if followed.job is None and self._jobs.get(job_id) is followed:
+                    del self._jobs[job_id]
             if followed.job is None:
-                del self._jobs[job_id]
                 return None
             followed.cursor = followed.job.cursor or '0-0'
             self._tailing.set()
             self._queue_moved.set()  # its position and ETA
-            await self._wake_tail()
+            wake = self._wake_tail
         else:
             await followed.ready.wait()
-            if followed.job is None:
-                return None
-        entries = await self._backlog(job_id, followed, after) if after is not None else []
+            if followed.job is None:  # no such job, or its first follower was cancelled while reading it
+                return await self.follow(job_id, callback, after) if followed.cancelled else None
+            wake = None
+        try:
+            if wake is not None:
+                await wake()
+            entries = await self._backlog(job_id, followed, after) if after is not None else []
+        except BaseException:  # cancelled: a job nobody follows is not tailed for ever
+            if not followed.callbacks and self._jobs.get(job_id) is followed:
+                del self._jobs[job_id]
+            raise
         if self._jobs.get(job_id) is not followed:  # the others following it all left meanwhile: begin anew
             return await self.follow(job_id, callback, after)
         # No await from the backlog's end to here: the tail tells this callback every entry after the cursor.
@@ -150,6 +158,17 @@ class Bus:
             followed.seen[callback] = after  # resumed ahead of the tail (it lags, or this is another instance)
         followed.callbacks.append(callback)
         return followed.job
+
+    async def _load(self, job_id: str) -> JobState | None:
+        """The job's state for its first follower, with its first ETA if it waits; None if there is no such job
+        or Redis could not say."""
+        try:
+            job = await async_store().job(job_id)
+            if job is not None and job.waiting and not job.blocked:  # its first figures come with its ETA
+                job.eta_seconds = await async_store().eta(job.position, job.model)
+            return job
+        except REDIS_ERRORS:
+            return None
 
     async def _backlog(self, job_id: str, followed: Followed, after: str) -> list:
         """The entries after ``after`` up to the shared state's cursor (all of them for a finished job, read from its

@@ -110,8 +110,9 @@ def test_stats_health_metrics_and_openapi(api, fake_llm):
     assert set(stats["queued"]) == {"high", "normal", "low"}
     health = api.get("/health")
     assert health.status_code == 200
-    assert {k: health.json()[k] for k in ("status", "redis", "ollama", "workers", "backends")} == \
-        {"status": "ok", "redis": True, "ollama": True, "workers": stats["workers"], "backends": {"ollama": "up"}}
+    assert {k: health.json()[k] for k in ("status", "redis", "ollama", "backends")} == \
+        {"status": "ok", "redis": True, "ollama": True, "backends": {"ollama": "up"}}
+    assert health.json()["workers"] >= 2  # not == stats': a heartbeat may lapse and come back in between
     exposition = api.get("/metrics").text
     assert 'queuechat_jobs_total{status="completed"} 1.0' in exposition
     paths = api.get("/openapi.json").json()["paths"]

@@ -155,6 +155,33 @@ def test_a_resumed_follower_gets_every_entry_once_in_order_while_the_job_streams
     run(test)
 
 
+def test_a_follower_cancelled_while_the_job_is_read_leaves_nothing_behind(redis_server, r: redis.Redis) -> None:
+    """The first follower reads the job for everyone; if it is cancelled meanwhile (a door's client that left),
+    those waiting for that read must read it themselves (not wait for ever), and a job nobody follows any more
+    must not be tailed."""
+    job_id, other = (sync_store().submit(text, user='alice').job_id for text in ('hello', 'bye'))
+
+    async def test() -> None:
+        async with running_bus() as bus:
+            r.client_pause(800)  # the read is under way when the first follower is cancelled
+            first = asyncio.create_task(bus.follow(job_id, lambda entries: None))
+            second = asyncio.create_task(bus.follow(job_id, lambda entries: None))
+            await asyncio.sleep(0.2)
+            first.cancel()
+            job = await asyncio.wait_for(second, 5)
+            assert first.cancelled() and job is not None and job.job_id == job_id
+            assert bus.followed == {job_id: 1}
+
+            r.client_pause(800)
+            alone = asyncio.create_task(bus.follow(other, lambda entries: None))
+            await asyncio.sleep(0.2)
+            alone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await alone
+            assert bus.followed == {job_id: 1}
+    run(test)
+
+
 def test_health_reports_redis_llm_and_workers(redis_server, fake_llm, r: redis.Redis) -> None:
     async def test() -> None:
         seconds, micros = r.time()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from fastapi import Request
 from starlette.requests import HTTPConnection
 
+from tasks import aio
 from tasks.fold import JobState
 from tasks.identities import Identity
 from tasks.store import JobError, Submitted, async_store, validate_text
@@ -80,13 +81,14 @@ async def events(job_id: str, request: Request, watch_client: bool = False) -> A
     cancelled: its slot is free within a second. A streaming response is cancelled by Starlette when its client
     leaves; a plain one asks for ``watch_client`` (a task listens for the client's disconnect meanwhile)."""
     changes: asyncio.Queue[list] = asyncio.Queue()
-    job = await bus.follow(job_id, changes.put_nowait, after="0-0")
     left = asyncio.Event()
     watcher = asyncio.create_task(_listen_for_disconnect(request, left)) if watch_client else None
     ended, sent_text, shown = False, False, None
     loop = asyncio.get_running_loop()
     quiet_since = loop.time()
     try:
+        # Inside the try: a client that leaves while the job is looked up still cancels it.
+        job = await bus.follow(job_id, changes.put_nowait, after="0-0")
         if job is None:
             return
         while True:
@@ -116,9 +118,9 @@ async def events(job_id: str, request: Request, watch_client: bool = False) -> A
         if watcher is not None:
             watcher.cancel()
         bus.unfollow(job_id, changes.put_nowait)
-        if not ended:
+        if not ended:  # in a task of its own: this one may be in a cancelled scope (its client left)
             with contextlib.suppress(Exception):
-                await async_store().cancel(job_id)
+                await aio.finish(async_store().cancel(job_id))
 
 
 async def _listen_for_disconnect(request: Request, left: asyncio.Event) -> None:
