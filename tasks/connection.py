@@ -7,6 +7,8 @@ fraction of its lease, so that it stops its LLM call before the job is handed to
 
 from __future__ import annotations
 
+import asyncio
+
 import redis
 import redis.asyncio as aioredis
 from redis.backoff import ExponentialBackoff
@@ -53,8 +55,6 @@ def get_redis() -> redis.Redis:
 
 def get_async_redis() -> aioredis.Redis:
     """An asyncio client for the running event loop (pools cannot cross loops)."""
-    import asyncio
-
     loop_id = id(asyncio.get_running_loop())
     client = _async.get(loop_id)
     if client is None:
@@ -67,3 +67,32 @@ def reset_connections() -> None:
     global _sync
     _sync = None
     _async.clear()
+
+
+IDLE_KEPT = 4  # idle connections a pool keeps open: the most recently used, enough for an app at rest
+
+
+async def close_idle(keep: int = IDLE_KEPT) -> int:
+    """Close the idle connections of this process's pools beyond the ``keep`` most recently used; returns how
+    many. redis-py pools only grow: a burst (a thousand SSE clients asking at once) would leave its connections
+    open for ever. Called every few seconds; a connection closed here that is needed again is reopened on use.
+
+    redis-py has no idle timeout, so this reaches into its pools (pinned below 7): a pool takes from the end of
+    its list of idle connections and puts back there, so the front holds the least recently used."""
+    closed = 0
+    if _sync is not None:
+        pool = _sync.connection_pool
+        with pool._lock:  # the threads' pool: kept in it but disconnected, under its lock (none is taken meanwhile)
+            for conn in pool._available_connections[:-keep or None]:
+                if conn._sock is not None:
+                    conn.disconnect()
+                    closed += 1
+    client = _async.get(id(asyncio.get_running_loop()))
+    if client is not None:
+        pool = client.connection_pool
+        idle = pool._available_connections
+        surplus, idle[:] = idle[:-keep or None], idle[-keep:] if keep else []  # no await in between: atomic here
+        for conn in surplus:  # out of the pool (it counts only those in use), then closed
+            closed += conn.is_connected
+            await conn.disconnect()
+    return closed

@@ -51,7 +51,7 @@ from nicegui.binding import bindable_dataclass
 from redis.exceptions import RedisError
 
 from tasks import aio, backends, keys, metrics
-from tasks.connection import block_seconds, get_async_redis
+from tasks.connection import block_seconds, close_idle, get_async_redis
 from tasks.eta import eta_seconds
 from tasks.fold import JobState, newer
 from tasks.settings import settings
@@ -397,6 +397,8 @@ class Bus:
                 raise
             except Exception:  # the poller must outlive any surprise
                 log.exception('health poll failed')
+            with contextlib.suppress(Exception):
+                await close_idle()  # what a burst of requests opened does not stay open
             await asyncio.sleep(self.POLL_SECONDS)
 
     async def _check_health(self) -> None:

@@ -1,0 +1,36 @@
+"""The process's Redis pools: what a burst opened is closed again, and the pools still work afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import redis
+
+from tasks import connection
+
+
+def test_a_burst_of_connections_is_closed_once_idle(redis_server, r: redis.Redis) -> None:
+    def open_connections() -> int:
+        return len(r.client_list()) - 1  # not this test's own
+
+    async def test() -> None:
+        client = connection.get_async_redis()
+        await asyncio.gather(*(client.blpop([f"nothing:{i}"], 0.2) for i in range(30)))  # 30 at once
+        sync = connection.get_redis()
+        with ThreadPoolExecutor(20) as threads:
+            list(threads.map(lambda i: sync.blpop([f"nothing:{i}"], 0.2), range(20)))
+        assert open_connections() >= 50
+        assert await connection.close_idle(keep=2) >= 46
+        await until(lambda: open_connections() <= 4)  # Redis sees each close a moment later
+        assert await connection.close_idle(keep=2) == 0
+        await client.set("still", "works")  # a closed connection is reopened when it is needed
+        assert sync.get("still") == "works" and open_connections() <= 4
+    asyncio.run(test())
+
+
+async def until(predicate, timeout: float = 5) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "Redis still counts the closed connections"
+        await asyncio.sleep(0.02)
