@@ -3,11 +3,13 @@
 Everything is real: the embedded redis-server binary on a free port (never the user's Redis), an HTTP server
 speaking the LLM protocols, the ``dramatiq`` CLI in subprocesses, ``main.py`` itself. Every tier is a marker
 applied here from what a test uses: ``unit``, ``redis``, ``workers``, ``e2e`` (a browser), ``demo``;
-``uv run pytest -m "not e2e and not demo"`` is the fast loop.
+``uv run pytest -m "not e2e and not demo"`` is the fast loop. The run is parallel (``-n auto --dist loadfile``
+in pyproject.toml): each test process has its own Redis, fake LLM and worker pools.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -57,6 +59,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         else:
             tier = "unit"
         item.add_marker(getattr(pytest.mark, tier))
+    # Heaviest modules first (each kept whole, in its own order): run in parallel, the long ones do not end last.
+    weight = {}
+    for item in items:
+        tier = next(tier for tier in TIERS if item.get_closest_marker(tier))
+        weight[item.path] = min(weight.get(item.path, len(TIERS)), TIERS[::-1].index(tier))
+    items.sort(key=lambda item: weight[item.path])
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one test process more than there are cores (most tests wait on processes, sockets and
+    timers more than they compute), at most 6. Each has its own Redis, fake LLM and worker pools; ``-n 0`` runs
+    everything in this process."""
+    return min((os.cpu_count() or 1) + 1, 6)
 
 
 @pytest.fixture(scope="session")

@@ -42,7 +42,7 @@ def processes_of(marker: str, folder: Path) -> list[psutil.Process]:
 def test_a_killed_test_run_leaves_no_process_behind(signum, tmp_path):
     marker, folder = uuid.uuid4().hex, tmp_path / "run"
     session = subprocess.Popen([sys.executable, "-m", "pytest", "tests/devtools/leftover_session.py", "-s", "-q",
-                                "-p", "no:cacheprovider", "--basetemp", str(folder)], cwd=ROOT,
+                                "-p", "no:cacheprovider", "-n", "0", "--basetemp", str(folder)], cwd=ROOT,
                                env=clean_environ(**{MARKER: marker}), stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     output = []

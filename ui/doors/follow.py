@@ -126,8 +126,9 @@ async def events(job_id: str, request: Request, watch_client: bool = False) -> A
 async def _listen_for_disconnect(request: Request, left: asyncio.Event) -> None:
     """Set ``left`` when the client goes away, by waiting on the request's receive channel (the body is read by
     then: a disconnect is all that can come), as Starlette's streaming responses do. Not
-    ``Request.is_disconnected()``: it polls with a cancelled scope, and under BaseHTTPMiddleware (NiceGUI installs
-    three) that poll loses the disconnect message, so a client that left was never noticed and its job ran on."""
+    ``Request.is_disconnected()``: it polls with a cancelled scope, and under a BaseHTTPMiddleware (NiceGUI's, which
+    the doors skip now: ui/fastpath.py) that poll lost the disconnect message, so a client that left was never
+    noticed and its job ran on."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
     left.set()
