@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ BROKEN = b'{"broken'
 TOO_DEEP = b"[" * 100_000  # valid as far as it goes; a recursive parser gives up on it (RecursionError, not ValueError)
 
 
-class Format:
+class Format(ABC):
     """How one protocol writes one answer. ``chunks`` are (kind, text) pairs, kind "thinking" or "content"."""
 
     media_type = "application/x-ndjson"
@@ -60,20 +61,22 @@ class Format:
     def line(self, obj: dict[str, Any]) -> bytes:
         return self.frame(json.dumps(obj).encode())
 
+    @abstractmethod
     def chunk(self, kind: str, text: str) -> bytes:
-        raise NotImplementedError
+        """One streamed piece of the answer."""
 
+    @abstractmethod
     def end(self) -> bytes:
         """What closes a complete stream."""
-        raise NotImplementedError
 
+    @abstractmethod
     def whole(self) -> dict[str, Any]:
         """The answer of a request that did not ask for a stream."""
-        raise NotImplementedError
 
     @staticmethod
+    @abstractmethod
     def error(status: int, message: str) -> dict[str, Any]:
-        raise NotImplementedError
+        """The protocol's error body."""
 
 
 class AbruptDisconnect(Exception):
