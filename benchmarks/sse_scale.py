@@ -5,7 +5,7 @@ its own jobs, and an identity may hold at most MAX_STREAMS_PER_CLIENT (20) strea
 is 20 per identity — the limits are left as they are. Jobs wait (admission paused) while every client connects;
 then they all stream. Measured: the app's memory and file descriptors per client, every client's tokens in order
 (its text equals the answer), and Redis' connection count (``CLIENT LIST``) before, during, and after the clients
-close — how long it takes to return to the baseline.
+close — how long it takes to return to the baseline (the count before, or what the app holds at rest if more).
 """
 
 from __future__ import annotations
@@ -24,10 +24,15 @@ from devtools.raw_sse import SseResult, follow
 from devtools.redis_clients import owners
 from devtools.stack import App, Workers
 from devtools.waiting import wait_for
+from tasks.connection import IDLE_KEPT
 from tasks.settings import settings
 from tasks.store import sync_store
 
 TOKEN_DELAY_S = 0.01
+# What the app holds at rest, whatever it did before: its subscription, the shared reader's blocking XREAD, and up
+# to IDLE_KEPT idle connections in each of its two pools (tasks.connection.close_idle closes the rest every ~2 s).
+# "Back to baseline" is back to the larger of this and the count before the clients.
+AT_REST = 2 + 2 * IDLE_KEPT
 CONNECT_BATCH = 100  # clients connecting at once: a thousand SYNs at once overflow loopback's accept backlog
 
 
@@ -116,8 +121,9 @@ def measure(stack: Stack, app: App, workers: Workers, clients: int, job_count: i
         store.pause(False)
     figures["streamed_s"] = time.monotonic() - started
     closed = time.monotonic()
+    figures["redis_rest"] = rest = max(figures["redis_before"]["app"], AT_REST)
     try:
-        wait_for(lambda: owners(redis, groups)["app"] <= figures["redis_before"]["app"], 30,
+        wait_for(lambda: owners(redis, groups)["app"] <= rest, 30,
                  "the app's Redis connections back to baseline", interval=0.1)
         figures["redis_back_s"] = time.monotonic() - closed
     except AssertionError:
@@ -145,8 +151,8 @@ def section(f: dict) -> Section:
              f[f"redis_{when}"]["workers"], sum(f[f"redis_{when}"].values())]
             for when, label in (("before", "before the clients"), ("during", f"{n} clients connected"),
                                 ("after", "2 s after they closed"))]
-    back = "did **not** return within 30 s" if math.isnan(f["redis_back_s"]) else \
-        f"was back at its baseline {f['redis_back_s']:.1f} s after the last client closed"
+    back = f"did **not** return to {f['redis_rest']} within 30 s" if math.isnan(f["redis_back_s"]) else \
+        f"was back at {f['redis_rest']} or fewer {f['redis_back_s']:.1f} s after the last client closed"
     problems = "" if not f["problems"] else f" Problems seen: {'; '.join(f['problems'])}."
     hang = "" if not f["stuck"] else f"""
 - **Engine hang**: {f['stuck']} of {f['jobs']} jobs never ended: each stayed `running` with all {f['tokens']} tokens appended and no
@@ -179,6 +185,7 @@ connections that stayed open afterwards.
                 f"{f['ok']}/{n - f['on_stuck']}" + (f" ({f['on_stuck']} on {f['stuck']} hung jobs left out)" if f["stuck"] else ""),
                 "—", verdict(n - f["on_stuck"] - f["ok"], 0, unit=" clients", digits=0)],
                ["d. app's Redis connections back to baseline", "within seconds",
-                f"{f['redis_back_s']:.1f} s" if app_back else f"not within 30 s (+{f['redis_after']['app'] - f['redis_before']['app']})",
+                f"{f['redis_back_s']:.1f} s (≤ {f['redis_rest']})" if app_back else
+                f"not within 30 s (+{f['redis_after']['app'] - f['redis_rest']} over {f['redis_rest']})",
                 "~630 stayed open", "**met**" if app_back and f["redis_back_s"] < 10 else "**missed**"]]
     return Section("d. SSE at scale", body, summary)

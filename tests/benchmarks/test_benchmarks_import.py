@@ -101,7 +101,7 @@ def test_every_section_renders_from_figures():
         sse_scale.section({"clients": 1000, "jobs": 50, "tokens": 200, "rss_before": 1 << 27, "fds_before": 30,
                            "redis_before": {"app": 4, "workers": 18}, "rss_during": 1 << 28, "fds_during": 1030,
                            "redis_during": {"app": 5, "workers": 18}, "connected_s": 5.0, "streamed_s": 12.0,
-                           "redis_back_s": 0.5, "redis_after": {"app": 4, "workers": 30}, "rss_after": 1 << 28,
+                           "redis_back_s": 0.5, "redis_rest": 10, "redis_after": {"app": 4, "workers": 30}, "rss_after": 1 << 28,
                            "fds_after": 32, "ok": 980, "problems": [], "stuck": 1, "on_stuck": 20}),
         machine_cost.section({"seconds": 20.0, "app": 0.3, "workers": 0.5, "redis": 0.2},
                              {"tokens": 2000, "seconds": 12.0, "plain_seconds": 11.0,
