@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
@@ -17,11 +16,14 @@ def test_a_burst_of_connections_is_closed_once_idle(redis_server, r: redis.Redis
     before = open_connections()  # earlier tests' pools, forgotten but maybe not yet collected
 
     async def test() -> None:
-        client = connection.get_async_redis()
-        await asyncio.gather(*(client.blpop([f"nothing:{i}"], 0.2) for i in range(30)))  # 30 at once
-        sync = connection.get_redis()
-        with ThreadPoolExecutor(20) as threads:
-            list(threads.map(lambda i: sync.blpop([f"nothing:{i}"], 0.2), range(20)))
+        client = connection.get_async_redis()  # a burst: 30 connections in use at once, then all idle
+        taken = [await client.connection_pool.get_connection() for _ in range(30)]
+        for conn in taken:
+            await client.connection_pool.release(conn)
+        sync = connection.get_redis()  # and 20 of the threads' pool
+        taken = [sync.connection_pool.get_connection() for _ in range(20)]
+        for conn in taken:
+            sync.connection_pool.release(conn)
         assert open_connections() >= 50
         assert await connection.close_idle(keep=2) >= 46
         await until(lambda: open_connections() <= before + 4)  # Redis sees each close a moment later
