@@ -121,33 +121,31 @@ class Bus:
         check (``async_store().job(job_id, user=...)``) before following.
         """
         followed = self._jobs.get(job_id)
-        if followed is None:
+        first = followed is None
+        if first:
             followed = self._jobs[job_id] = Followed(cancelled=True)
             try:
                 followed.job = await self._load(job_id)
                 followed.cancelled = False
             finally:  # also when this follower is cancelled meanwhile: the others waiting for it must go on
                 followed.ready.set()
-                if followed.job is None and self._jobs.get(job_id) is followed:
-                    del self._jobs[job_id]
+                if followed.job is None:
+                    self._drop_if_unfollowed(job_id, followed)
             if followed.job is None:
                 return None
             followed.cursor = followed.job.cursor or '0-0'
             self._tailing.set()
             self._queue_moved.set()  # its position and ETA
-            wake = self._wake_tail
         else:
             await followed.ready.wait()
             if followed.job is None:  # no such job, or its first follower was cancelled while reading it
                 return await self.follow(job_id, callback, after) if followed.cancelled else None
-            wake = None
         try:
-            if wake is not None:
-                await wake()
+            if first:
+                await self._wake_tail()
             entries = await self._backlog(job_id, followed, after) if after is not None else []
         except BaseException:  # cancelled: a job nobody follows is not tailed for ever
-            if not followed.callbacks and self._jobs.get(job_id) is followed:
-                del self._jobs[job_id]
+            self._drop_if_unfollowed(job_id, followed)
             raise
         if self._jobs.get(job_id) is not followed:  # the others following it all left meanwhile: begin anew
             return await self.follow(job_id, callback, after)
@@ -190,6 +188,11 @@ class Bus:
                     pipe.expire(self._wake, 3600)  # a process that died leaves nothing for long
                     await pipe.execute()
 
+    def _drop_if_unfollowed(self, job_id: str, followed: Followed) -> None:
+        """Stop tailing the job if nobody follows it (and it is still this entry, not one begun anew)."""
+        if not followed.callbacks and self._jobs.get(job_id) is followed:
+            del self._jobs[job_id]
+
     def unfollow(self, job_id: str, callback: Callback) -> None:
         followed = self._jobs.get(job_id)
         if followed is None:
@@ -197,8 +200,7 @@ class Bus:
         with contextlib.suppress(ValueError):
             followed.callbacks.remove(callback)
         followed.seen.pop(callback, None)
-        if not followed.callbacks:
-            del self._jobs[job_id]
+        self._drop_if_unfollowed(job_id, followed)
 
     @property
     def followed(self) -> dict[str, int]:
