@@ -100,6 +100,12 @@ class WorkerPool:
     hold a lease that has run out without renewal — a process frozen (SIGSTOP, a stuck interpreter) can't close
     its LLM call itself — and kills them, so that their connections close before the reaper hands the job to
     another worker (the reaper waits ``reap_grace_ms`` after a lease ran out).
+
+    A worker process of its own that it sees dead (killed, crashed, or killed here for freezing) holds nothing
+    any more: the kernel closed its connections with it. Its leases are released and its jobs put back at once
+    (RELEASE, then REAP), without waiting for the lease and the grace to run out, and its CLI, which would only
+    drain and exit, is stopped so that the process starts again sooner. Workers outside ``main.py`` (compose,
+    another host) are recovered by their leases alone.
     """
 
     CHECK_SECONDS = 0.25
@@ -122,9 +128,10 @@ class WorkerPool:
             for number, slot in enumerate(self.slots):
                 slot.keep_running(self, number)
             try:
+                self.release_dead()
                 self.kill_frozen()
             except Exception:  # Redis away, a process gone meanwhile: next round
-                log.debug("looking for frozen workers failed", exc_info=True)
+                log.debug("looking for dead or frozen workers failed", exc_info=True)
             self.stopping.wait(self.CHECK_SECONDS)
         running = [slot.process for slot in self.slots if slot.process is not None]
         for process in running:  # all at once: each drains in parallel
@@ -141,14 +148,27 @@ class WorkerPool:
     stop_timeout = 15.0
 
     def workers(self) -> dict[int, int]:
-        """pid of each worker process (the CLI's child) -> its slot number."""
-        found = {}
-        for number, slot in enumerate(self.slots):
-            if slot.process is not None and slot.process.poll() is None:
-                with contextlib.suppress(psutil.Error):
-                    for child in psutil.Process(slot.process.pid).children(recursive=True):
-                        found[child.pid] = number
-        return found
+        """pid of each live worker process (the CLI's child) -> its slot number."""
+        return {pid: number for number, slot in enumerate(self.slots) for pid in slot.workers}
+
+    def release_dead(self) -> None:
+        """Put back at once the jobs of every worker process seen dead since the last look (see the class)."""
+        from tasks.broker import send_tickets
+        from tasks.store import sync_store
+
+        host = socket.gethostname()
+        for slot in self.slots:
+            dead = slot.watch()
+            if not dead or self.stopping.is_set():
+                continue
+            if slot.process is not None:  # the CLI would drain and exit: it has nothing left to drain
+                stop(slot.process, timeout=0, first=signal.SIGKILL)
+            scripts = sync_store().scripts
+            released = sum(scripts.release(f"{host}:{pid}") for pid in dead)
+            if released:
+                back, _ = scripts.reap()
+                send_tickets(len(back))
+                log.warning("worker process %s died holding %d job(s): put back at once", dead, released)
 
     def kill_frozen(self) -> None:
         from tasks import keys
@@ -184,9 +204,19 @@ class _Slot:
 
     def __init__(self) -> None:
         self.process: subprocess.Popen | None = None
+        self.workers: dict[int, psutil.Process] = {}  # the CLI's worker processes last seen alive
         self.started = 0.0
         self.delay = 0.5
         self.restart_at = 0.0
+
+    def watch(self) -> list[int]:
+        """Look at the CLI's worker processes: the pids of those seen alive before and dead (or a zombie) now."""
+        seen = dict(self.workers)
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(psutil.Error):
+                seen.update((child.pid, child) for child in psutil.Process(self.process.pid).children(recursive=True))
+        self.workers = {pid: process for pid, process in seen.items() if _alive(process)}
+        return [pid for pid in seen if pid not in self.workers]
 
     def keep_running(self, pool: WorkerPool, number: int) -> None:
         now = time.monotonic()
@@ -201,3 +231,10 @@ class _Slot:
         if now >= self.restart_at:
             self.started = now
             self.process = spawn(pool.command, cwd=pool.cwd, env=pool.env)
+
+
+def _alive(process: psutil.Process) -> bool:
+    """Running and not a zombie (``is_running`` also says False when the pid went to another process)."""
+    with contextlib.suppress(psutil.Error):
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    return False

@@ -355,6 +355,20 @@ def test_a_job_ends_once_and_a_stale_worker_cannot_write_to_it(store, scripts):
     assert client.zcard(keys.LEASES) == 0
 
 
+def test_releasing_a_dead_workers_leases_puts_its_jobs_back_at_the_next_reap_and_no_one_elses(store, scripts):
+    settings.queue_concurrency = 100
+    dead, alive = submit("held by the dead"), submit("held by the living")
+    assert queue.Admission.parse(scripts.admit("host:1")).job_id == dead
+    assert queue.Admission.parse(scripts.admit("host:2")).job_id == alive
+    assert scripts.reap() == [[], []]  # leases of two minutes: nothing has run out
+
+    assert scripts.release("host:1") == 1
+    assert scripts.reap() == [[dead], []]
+    assert (record(dead)["status"], record(alive)["status"]) == ("queued", "running")
+    assert scripts.release("host:1") == 0  # nothing held any more: a second look changes nothing
+    assert scripts.reap() == [[], []]
+
+
 def test_a_reaped_job_that_used_its_attempts_fails_instead_of_looping(store, scripts):
     settings.queue_max_retries = 1
     job_id = submit("poison")

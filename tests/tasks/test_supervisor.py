@@ -3,7 +3,8 @@
 
 * One worker process dying takes nobody with it: its job runs again within QUEUE_RECOVERY_SECONDS while the
   other process goes on with its own long answers, a job submitted meanwhile starts, and main.py has the dead
-  worker back within seconds.
+  worker back within seconds. main.py puts the dead worker's job back in line at once, not when its lease runs
+  out.
 * A worker frozen outright can't close its LLM call: main.py kills it once its lease has run out, before the job
   is handed to another worker, so the cap holds.
 * No process outlives the one that started it, whichever is killed: a dramatiq CLI takes its worker with it, and
@@ -27,7 +28,7 @@ from devtools.stack import App
 from devtools.waiting import wait_for
 from tasks.settings import settings
 from tasks.store import sync_store
-from tests.helpers import (asked, booted_workers, heartbeat_ms, raw, redis_ms, resets, slow, submit,
+from tests.helpers import (asked, booted_workers, heartbeat_ms, raw, redis_ms, resets, slow, snapshots, submit,
                            wait_over, wait_running, worker_pid, worker_processes)
 
 
@@ -58,6 +59,9 @@ def test_a_killed_worker_process_is_recovered_in_time_and_restarted_while_the_ot
     recovery_ms = settings.queue_recovery_seconds * 1000
     wait_running(orphaned, attempts=2, timeout=settings.queue_recovery_seconds + 20)
     assert resets(orphaned)[-1][0] - killed_ms <= recovery_ms, resets(orphaned)[-1][0] - killed_ms
+    # back in line before its lease had run out (the reaper alone waits for the lease and then the reap grace)
+    [(back_ms, back)] = [(ms, s) for ms, s in snapshots(orphaned) if s["phase"] == "recovering"]
+    assert back["attempts"] == 1 and back_ms - killed_ms < settings.lease_ttl_ms, back_ms - killed_ms
     [started] = wait_over(newcomer)
     assert started["status"] == "completed"
     assert int(raw(newcomer)["started_at"]) - killed_ms <= recovery_ms
