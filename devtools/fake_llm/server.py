@@ -21,7 +21,7 @@ import logging
 import socket
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -63,6 +63,7 @@ class FakeLLM:
         self.max_active = self.active  # answers still in flight keep counting
         self.cancelled = 0
         self.hits: Counter[str] = Counter()
+        self.peers: defaultdict[str, set[tuple[str, int]]] = defaultdict(set)  # path -> client addresses seen
 
     def routes(self) -> list[Route]:
         """The HTTP surface; an extension (the demo's LLM) adds its own routes here."""
@@ -315,7 +316,8 @@ class _Server(uvicorn.Server):
 
 
 class _CountHits:
-    """ASGI middleware: count every HTTP request by path (``fake.hits``), e.g. how often the app asks for /api/tags."""
+    """ASGI middleware: count every HTTP request by path (``fake.hits``), e.g. how often the app asks for /api/tags,
+    and the client addresses it came from (``fake.peers``: one per connection)."""
 
     def __init__(self, app, fake: FakeLLM) -> None:
         self.app, self.fake = app, fake
@@ -324,4 +326,5 @@ class _CountHits:
         if scope["type"] == "http":
             with self.fake._lock:
                 self.fake.hits[scope["path"]] += 1
+                self.fake.peers[scope["path"]].add(tuple(scope.get("client") or ("", 0)))
         await self.app(scope, receive, send)

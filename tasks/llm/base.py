@@ -198,6 +198,24 @@ async def with_timeouts(lines: AsyncIterator, name: str) -> AsyncIterator:
         yield item
 
 
+END_OF_RESPONSE_SECONDS = 0.2
+
+
+async def read_to_end(rest: AsyncIterator) -> None:
+    """Read what follows an answer's last message (the end of its chunked body) before the answer is reported done.
+
+    A response left unread to its end can't go back to the connection pool: httpx closes its connection, and the
+    next answer pays a new TCP connection on its time to first token (and the server an accept). Whatever comes
+    is ignored, and a server that holds the response open after its last message is not waited for beyond
+    END_OF_RESPONSE_SECONDS: its connection is closed instead, as before."""
+    try:
+        async with asyncio.timeout(END_OF_RESPONSE_SECONDS):
+            async for _ in rest:
+                pass
+    except Exception:  # noqa: BLE001 - a late error, or a timeout: the answer is complete either way
+        log.debug("the end of an LLM response could not be read", exc_info=True)
+
+
 def probe_timeout() -> httpx.Timeout:
     """For the short requests beside an answer (models, loaded models, slots, health): 5 s in all, and no longer to
     connect than LLM_CONNECT_TIMEOUT — a host that drops packets must not hold a job's slot 5 s per attempt."""

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import httpx
 
 from tasks.llm.base import (Chunk, Options, PermanentLLMError, ServerClient, ThinkSplitter, TransientLLMError,
-                            classify, finished, malformed, server_words, shared_http, with_timeouts)
+                            classify, finished, malformed, read_to_end, server_words, shared_http,
+                            with_timeouts)
 
 
 class OllamaClient(ServerClient):
@@ -33,7 +34,8 @@ class OllamaClient(ServerClient):
         try:
             async with self.http.stream("POST", "/api/chat", json=body) as response:
                 await raise_for_status(response, model, self.name)
-                async for payload in with_timeouts(self._lines(response), self.name):
+                lines = with_timeouts(self._lines(response), self.name)
+                async for payload in lines:
                     message = payload.get("message") or {}
                     if not isinstance(message, dict) or not all(
                             isinstance(message.get(part) or "", str) for part in ("content", "thinking")):
@@ -43,11 +45,13 @@ class OllamaClient(ServerClient):
                     for kind, text in splitter.feed(message.get("content") or ""):
                         yield Chunk(kind, text)
                     if payload.get("done"):
+                        done = finished(self.name, payload.get("done_reason") or "stop",
+                                        {"prompt_tokens": payload.get("prompt_eval_count"),
+                                         "completion_tokens": payload.get("eval_count")})
+                        await read_to_end(lines)  # the connection goes back to the pool
                         for kind, text in splitter.flush():
                             yield Chunk(kind, text)
-                        yield finished(self.name, payload.get("done_reason") or "stop",
-                                       {"prompt_tokens": payload.get("prompt_eval_count"),
-                                        "completion_tokens": payload.get("eval_count")})
+                        yield done
                         return
         except httpx.HTTPError as error:
             raise classify(error, self.name) from error

@@ -10,7 +10,7 @@ import httpx
 from httpx_sse import SSEError, aconnect_sse
 
 from tasks.llm.base import (Chunk, Options, ServerClient, ThinkSplitter, TransientLLMError, classify, finished,
-                            malformed, probe_timeout, shared_http, with_timeouts)
+                            malformed, probe_timeout, read_to_end, shared_http, with_timeouts)
 from tasks.llm.ollama import raise_for_status
 
 
@@ -35,11 +35,14 @@ class OpenAIClient(ServerClient):
         try:
             async with aconnect_sse(self.http, "POST", "/v1/chat/completions", json=body) as source:
                 await raise_for_status(source.response, model, self.name)
-                async for event in with_timeouts(source.aiter_sse(), self.name):
+                events = with_timeouts(source.aiter_sse(), self.name)
+                async for event in events:
                     if event.data.strip() == "[DONE]":
+                        done = finished(self.name, reason or "stop", usage)
+                        await read_to_end(events)  # the connection goes back to the pool
                         for kind, text in splitter.flush():
                             yield Chunk(kind, text)
-                        yield finished(self.name, reason or "stop", usage)
+                        yield done
                         return
                     try:
                         payload = json.loads(event.data)
