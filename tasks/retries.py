@@ -28,11 +28,13 @@ log = logging.getLogger("queuechat.retries")
 
 
 class AttemptFailed(dramatiq.Retry):
-    """An LLM attempt of a job failed in a way that may pass; ``delay`` is set once the backoff is known."""
+    """An LLM attempt of a job failed in a way that may pass; ``delay`` is set once the backoff is known.
+    ``server``: which LLM server, with its address, for the log (users see only its name)."""
 
-    def __init__(self, job_id: str, epoch: int, attempts: int, error: LLMError) -> None:
+    def __init__(self, job_id: str, epoch: int, attempts: int, error: LLMError, server: str = "") -> None:
         super().__init__(str(error), delay=0)
         self.job_id, self.epoch, self.attempts, self.error = job_id, epoch, attempts, error
+        self.server = server
 
 
 def backoff_ms(attempts: int) -> int:
@@ -61,14 +63,14 @@ class JobRetries(Middleware):
         try:
             outcome = Scripts(get_redis()).back_off(exception.job_id, exception.epoch, delay, str(error), error.code)
         except RedisError as problem:  # the lease runs out and the reaper puts the job back, counted
-            log.warning("job %s: attempt %d failed (%s); could not park it (%s)", exception.job_id,
-                        exception.attempts, error, problem)
+            log.warning("job %s: attempt %d on %s failed (%s); could not park it (%s)", exception.job_id,
+                        exception.attempts, exception.server, error, problem)
             exception.delay = delay
             return
         if outcome == 1:
             exception.delay = delay
-            log.warning("job %s: attempt %d of %d failed (%s: %s); retrying in %.1f s", exception.job_id,
-                        exception.attempts, settings.max_attempts, error.code, error, delay / 1000)
+            log.warning("job %s: attempt %d of %d on %s failed (%s: %s); retrying in %.1f s", exception.job_id,
+                        exception.attempts, settings.max_attempts, exception.server, error.code, error, delay / 1000)
         elif outcome == 2:
-            log.warning("job %s: attempt %d of %d failed (%s: %s); giving up", exception.job_id,
-                        exception.attempts, settings.max_attempts, error.code, error)
+            log.warning("job %s: attempt %d of %d on %s failed (%s: %s); giving up", exception.job_id,
+                        exception.attempts, settings.max_attempts, exception.server, error.code, error)

@@ -75,7 +75,8 @@ class JobRun:
                 return
             if not failure.expected:
                 log.error("job %s: unexpected failure of the LLM call", self.job_id, exc_info=error)
-            raise AttemptFailed(self.job_id, self.epoch, self.job.attempts, failure) from error
+            server = f"{self.backend.name} ({self.backend.url})" if self.backend else "no server"
+            raise AttemptFailed(self.job_id, self.epoch, self.job.attempts, failure, server) from error
         else:
             if outcome == "done":
                 await self.finish("completed", error="", error_code="")
