@@ -1,11 +1,11 @@
 """Redis stays bounded: every terminal path sets the expiries of what the job left (its record, its stream, its
-conversation and history entries), so that after the retention nothing of a thousand jobs is left."""
+conversation and history entries), so that after the retention nothing of hundreds of jobs is left."""
 
 from __future__ import annotations
 
 import time
 
-from tasks import queue
+from tasks import keys, queue
 from tasks.settings import settings
 from tasks.store import sync_store
 
@@ -21,12 +21,12 @@ def used_memory(r) -> int:
 
 
 def server_memory(r) -> int:
-    """The whole server's, in one call: read before the first of the thousand jobs expires, on a busy machine too."""
+    """The whole server's, in one call: read before the first of the jobs expires, on a busy machine too."""
     return r.info("memory")["used_memory"]
 
 
-def test_a_thousand_submit_and_cancel_cycles_leave_nothing_once_retention_passes(r):
-    retention = 6  # seconds: the thousand jobs are all still there when the loop ends, however slow the machine
+def test_hundreds_of_submit_and_cancel_cycles_leave_nothing_once_retention_passes(r):
+    retention = 6  # seconds: the jobs are all still there when the loop ends (300 cycles took 3 s on a loaded box)
     settings.job_retention_hours = retention / 3600
     settings.stream_ttl_seconds = retention
     settings.queue_max_waiting_per_user = 10_000
@@ -35,18 +35,19 @@ def test_a_thousand_submit_and_cancel_cycles_leave_nothing_once_retention_passes
     assert store.cancel(store.history("warm")[0].job_id) == "cancelled"
     time.sleep(retention + 0.5)
     before, server_before = used_memory(r), server_memory(r)
-    started = time.monotonic()
     prompt = "x" * settings.max_prompt_chars
-    for i in range(1000):
+    first = None
+    for i in range(300):
         submitted = store.submit(prompt, user=f"user{i % 7}")
+        first = first or submitted.job_id
         if i % 3 == 0:  # some start and end like a real answer, the rest are cancelled while waiting
             admission = queue.Admission.parse(store.scripts.admit("w"))
             store.scripts.finish(admission.job_id, admission.epoch, "completed", "done", "answer", "y" * 2000)
         else:
             assert store.cancel(submitted.job_id) == "cancelled"
     grown = server_memory(r) - server_before
-    assert time.monotonic() - started < retention, "the loop outlasted the retention: no figure to compare"
-    assert grown > 5_000_000  # the prompts are really there while retained
+    assert r.exists(keys.job(first)), "the first job was gone before the loop ended: no figure to compare"
+    assert grown > 2_000_000  # the prompts are really there while retained (300 of 8000 characters)
     time.sleep(retention + 0.5)
     leftover = used_memory(r) - before
     assert leftover < 20_000, leftover  # figures: minute buckets, samples, usage, the capped wake list

@@ -95,13 +95,20 @@ def started_at(job_id: str) -> int | None:
     return int(value) if value else None
 
 
+# A backoff of one second; an answer held silent (hang_after) while a test sets the scene is not timed out meanwhile.
+SECOND_BACKOFF = {"QUEUE_CONCURRENCY": "1", "RETRY_MIN_BACKOFF_MS": "1000", "RETRY_MAX_BACKOFF_MS": "1000",
+                  "LLM_IDLE_TIMEOUT": "60"}
+
+
 def test_a_job_that_backs_off_is_the_next_to_start_when_its_backoff_ends_and_says_it_is_retrying(workers, fake_llm):
-    workers.start(QUEUE_CONCURRENCY="1", RETRY_MIN_BACKOFF_MS="1000", RETRY_MAX_BACKOFF_MS="1000")
-    running = submit(slow("running", 20, 0.05))
+    workers.start(**SECOND_BACKOFF)
+    fake_llm.script(Reply(tokens=["r0", " r1"], hang_after=1))  # holds the slot until the high job waits too
+    running = submit("running")
     wait_for(lambda: asked(fake_llm, "running") == 1, what="the running job's call")
     lows = [submit(f"low {i} [[tokens=2]][[delay=0.1]]", "low") for i in range(200)]  # each holds the slot 0.2 s+
     fake_llm.script(Reply(status=503, error="busy"))  # the next call: the high job's, once the running one ends
     high = submit("high [[tokens=3]]", "high")
+    fake_llm.release()
     # (between its failed call and the admission that gives its slot to the next job it has no position)
     backing_off = wait_for(lambda: (job := public(high))["status"] == "retrying" and job["position"] is not None
                            and job, interval=0.01, what="the high job to back off, in line")
@@ -132,7 +139,7 @@ def sample_positions(job_ids: list[str], until) -> dict[str, list[int]]:
 
 
 def test_the_positions_behind_jobs_that_back_off_only_count_down(workers, fake_llm):
-    workers.start(QUEUE_CONCURRENCY="1", RETRY_MIN_BACKOFF_MS="1000", RETRY_MAX_BACKOFF_MS="1000")
+    workers.start(**SECOND_BACKOFF)
     running = submit(slow("running", 10, 0.05))
     wait_for(lambda: asked(fake_llm, "running") == 1, what="the running job's call")
     # The next five calls fail (the first high jobs', or a retry's) with a bad line, which says nothing about
