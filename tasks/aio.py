@@ -12,7 +12,7 @@ T = TypeVar("T")
 log = logging.getLogger("queuechat.aio")
 
 AGAIN_SECONDS = 0.25  # how long a cancelled task may take to end before it is cancelled again
-_finishing: set[asyncio.Task] = set()  # tasks of `finish` whose caller left: kept until they end
+_finishing: set[asyncio.Task] = set()  # tasks of `finish` whose caller left, and of `detach`: kept until they end
 
 
 async def stop(*tasks: asyncio.Task) -> None:
@@ -62,3 +62,19 @@ def _finished(task: asyncio.Task) -> None:
     _finishing.discard(task)
     if not task.cancelled() and task.exception() is not None:
         log.debug("%s failed: %r", task.get_name(), task.exception())
+
+
+def detach(awaitable: Awaitable[object], name: str) -> asyncio.Task:
+    """Run ``awaitable`` in a task nobody waits for (kept from the garbage collector until it ends); a failure is
+    logged as a warning, since nobody else will see it."""
+    task = asyncio.ensure_future(awaitable)
+    task.set_name(name)
+    _finishing.add(task)
+    task.add_done_callback(_detached)
+    return task
+
+
+def _detached(task: asyncio.Task) -> None:
+    _finishing.discard(task)
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("%s failed: %r", task.get_name(), task.exception())

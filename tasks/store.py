@@ -26,7 +26,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from tasks import backends, keys, queue
+from tasks import aio, backends, keys, queue
 from tasks.broker import send_tickets
 from tasks.connection import get_async_redis, get_redis
 from tasks.eta import Clock, eta_seconds
@@ -349,15 +349,17 @@ def refusal(code: str, waiting_limit: int = 0) -> JobError:
 def _then(result: Any, parse: Callable[[Any], Any], after: Callable[[Any], None] | None = None,
           awaitable: bool = False) -> Any:
     """``parse(result)``, now (sync client) or once awaited (asyncio client); then ``after(value)``, a sync
-    side effect that the asyncio face runs in a thread so that it never blocks the event loop. ``awaitable``:
-    answer with an awaitable even when ``result`` is already at hand (the asyncio face of a cached value)."""
+    side effect. The asyncio face runs it in a thread, so that it never blocks the event loop, and does not wait
+    for it: the caller's answer need not wait for a thread (a ticket: one never sent is topped up by the janitor
+    within a second). ``awaitable``: answer with an awaitable even when ``result`` is already at hand (the asyncio
+    face of a cached value)."""
     if awaitable and not inspect.isawaitable(result):
         result = _ready(result)
     if inspect.isawaitable(result):
         async def finish() -> Any:
             value = parse(await result)
             if after is not None:
-                await asyncio.to_thread(after, value)
+                aio.detach(asyncio.to_thread(after, value), f"after {parse.__name__}")
             return value
         return finish()
     value = parse(result)

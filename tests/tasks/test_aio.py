@@ -51,3 +51,18 @@ def test_finish_runs_to_its_end_inside_a_cancelled_scope() -> None:
         assert done == ["finished"]
         assert await aio.finish(last_step("awaited")) == "awaited"  # and, not cancelled, it answers
     asyncio.run(test())
+
+
+def test_a_detached_task_is_kept_until_it_ends_and_its_failure_is_logged(caplog) -> None:
+    async def test() -> None:
+        async def fails() -> None:
+            await asyncio.sleep(0.01)
+            raise ConnectionError("Redis went away")
+
+        task = aio.detach(fails(), "after submit")
+        assert task in aio._finishing  # nobody else holds it: the garbage collector must not take it
+        await asyncio.wait([task])
+        await asyncio.sleep(0)
+        assert task not in aio._finishing
+    asyncio.run(test())
+    assert "after submit failed: ConnectionError('Redis went away')" in caplog.text
