@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from tasks import keys
-from tasks.connection import get_redis
+from tasks.connection import get_async_redis, get_redis
 from tasks.queue import PRIORITY_LEVELS
 from tasks.settings import settings
 
@@ -89,12 +89,12 @@ def create_key(name: str, *, max_priority: str = "normal", max_waiting: int = 0,
     return plaintext, record
 
 
-def find_key(plaintext: str) -> ApiKey | None:
+async def find_key(plaintext: str) -> ApiKey | None:
     """The live key this plaintext is, or None (unknown or revoked). Constant-time by construction: a lookup
-    by the hash of what was presented."""
+    by the hash of what was presented. Asynchronous: the app looks a key up on every API request."""
     if not plaintext.startswith(KEY_PREFIX):
         return None
-    return _record(get_redis().hgetall(keys.api_key(digest(plaintext))), live_only=True)
+    return _record(await get_async_redis().hgetall(keys.api_key(digest(plaintext))), live_only=True)
 
 
 def list_keys() -> list[ApiKey]:

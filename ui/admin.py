@@ -14,7 +14,7 @@ import logging
 import time
 
 from fastapi import HTTPException
-from nicegui import app, run, ui
+from nicegui import app, ui
 from nicegui.context import context
 from redis.exceptions import RedisError
 
@@ -61,7 +61,7 @@ def login_page() -> None:
         error.set_visibility(False)
 
         async def sign_in() -> None:
-            found = await run.io_bound(identities.find_key, (key.value or '').strip())
+            found = await identities.find_key((key.value or '').strip())
             if found is None or not found.identity().admin:
                 error.set_text(i18n.t('admin.login_refused'))
                 error.set_visibility(True)

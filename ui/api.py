@@ -20,7 +20,6 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.background import BackgroundTask
-from starlette.concurrency import run_in_threadpool
 from sse_starlette import EventSourceResponse
 
 from tasks import backends, metrics
@@ -88,14 +87,9 @@ class ChatAccepted(BaseModel):
 
 
 async def api_identity(request: Request) -> Identity:
-    """FastAPI dependency: who is calling (401 when nobody may be), counted against their request budget. In a
-    thread: an API key and the budget are looked up in Redis with the process's synchronous client."""
-    return await run_in_threadpool(_identify, request)
-
-
-def _identify(request: Request) -> Identity:
-    who = identity.for_api(request)
-    limits.check_identity(who)
+    """FastAPI dependency: who is calling (401 when nobody may be), counted against their request budget."""
+    who = await identity.for_api(request)
+    await limits.check_identity(who)
     return who
 
 
@@ -118,10 +112,7 @@ async def post_chat(body: ChatRequest, who: Identity = Depends(api_identity),
 async def submit(who: Identity, message: object, **fields) -> Submitted:
     """The store's submit on behalf of ``who``: within their priority ceiling, waiting limit and daily quota.
     Also used by the OpenAI and Ollama doors."""
-    if who.quota_per_day:  # counted in Redis
-        await run_in_threadpool(limits.allow, who, fields.get("priority", "normal"))
-    else:  # the ceiling alone: no need for a thread
-        limits.allow(who, fields.get("priority", "normal"))
+    await limits.allow(who, fields.get("priority", "normal"))
     return await async_store().submit(message, user=who.id, max_waiting=who.waiting_limit, **fields)
 
 

@@ -22,12 +22,12 @@ from tasks.store import JobError
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
-def for_api(request: HTTPConnection) -> Identity:
+async def for_api(request: HTTPConnection) -> Identity:
     """The identity of an API request, or a 401 JobError saying what to send."""
     authorization = request.headers.get("authorization", "")
     if authorization:
         scheme, _, token = authorization.partition(" ")
-        key = find_key(token.strip()) if scheme.lower() == "bearer" else None
+        key = await find_key(token.strip()) if scheme.lower() == "bearer" else None
         if key is None:
             raise JobError("bad_api_key", "This API key is not valid (unknown, revoked or mistyped).", status=401)
         return key.identity()

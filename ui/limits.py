@@ -1,7 +1,8 @@
 """Per-client request limits (API_RATE_PER_MIN), shared by the API and the chat box, and the body-size limit.
 
 Requests per minute are counted in a sliding window by the ``limits`` package, in the same Redis (under its own
-key prefix), so every app replica shares one budget per client.
+key prefix), so every app replica shares one budget per client. Its asyncio face (``limits.aio``) on the app's
+asyncio pool: a request is counted on the event loop, without a thread.
 """
 
 from __future__ import annotations
@@ -12,74 +13,75 @@ from collections import Counter
 from collections.abc import Callable
 
 from limits import RateLimitItemPerDay, RateLimitItemPerMinute
-from limits.storage import RedisStorage
-from limits.strategies import SlidingWindowCounterRateLimiter
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
-from tasks.connection import get_redis, redis_url
+from tasks.connection import get_async_redis, redis_url
 from tasks.identities import Identity
 from tasks.queue import PRIORITY_LEVELS
 from tasks.settings import settings
-from tasks.store import JobError, Submitted, sync_store
+from tasks.store import JobError, Submitted, async_store
 
 KEY_PREFIX = "qc-limits"
-_limiter: tuple[object, SlidingWindowCounterRateLimiter] | None = None
+_limiters: dict[int, tuple[object, SlidingWindowCounterRateLimiter]] = {}
 
 
 def limiter() -> SlidingWindowCounterRateLimiter:
-    """The limiter on this process's Redis pool (rebuilt when the pool changes, e.g. between tests)."""
-    global _limiter
-    pool = get_redis().connection_pool
-    if _limiter is None or _limiter[0] is not pool:
-        storage = RedisStorage(redis_url(), connection_pool=pool, key_prefix=KEY_PREFIX)
-        _limiter = (pool, SlidingWindowCounterRateLimiter(storage))
-    return _limiter[1]
+    """The limiter on the running event loop's Redis pool (rebuilt when the pool changes, e.g. between tests)."""
+    client = get_async_redis()
+    made = _limiters.get(id(client))
+    if made is None or made[0] is not client.connection_pool:
+        storage = RedisStorage("async+" + redis_url(), implementation="redispy",
+                               connection_pool=client.connection_pool, key_prefix=KEY_PREFIX)
+        made = _limiters[id(client)] = (client.connection_pool, SlidingWindowCounterRateLimiter(storage))
+    return made[1]
 
 
-def check(client_key: str, per_minute: int | None = None) -> None:
+async def check(client_key: str, per_minute: int | None = None) -> None:
     """Count one request of ``client_key``; raise a 429 JobError when it is over the limit."""
     per_minute = per_minute or settings.api_rate_per_min
     if not per_minute:
         return
     item = RateLimitItemPerMinute(per_minute)
-    if not limiter().hit(item, client_key):
-        raise _refused(item, client_key, "rate_limited", f"Too many requests: at most {per_minute} a minute.")
+    if not await limiter().hit(item, client_key):
+        raise await _refused(item, client_key, "rate_limited", f"Too many requests: at most {per_minute} a minute.")
 
 
-def check_identity(who: Identity) -> None:
+async def check_identity(who: Identity) -> None:
     """One request of ``who``: its own per-minute limit (an API key's), else API_RATE_PER_MIN."""
-    check("id:" + who.id, who.rate_per_min or None)
+    await check("id:" + who.id, who.rate_per_min or None)
 
 
-def check_quota(who: Identity) -> None:
+async def check_quota(who: Identity) -> None:
     """One job of ``who`` against its daily quota (an API key's ``--quota``), if it has one."""
     if who.quota_per_day:
         item = RateLimitItemPerDay(who.quota_per_day)
-        if not limiter().hit(item, "quota:" + who.id):
-            raise _refused(item, "quota:" + who.id, "quota_exceeded",
-                           f"Your daily quota of {who.quota_per_day} messages is used up.")
+        if not await limiter().hit(item, "quota:" + who.id):
+            raise await _refused(item, "quota:" + who.id, "quota_exceeded",
+                                 f"Your daily quota of {who.quota_per_day} messages is used up.")
 
 
-def _refused(item, key: str, code: str, message: str) -> JobError:
-    reset = limiter().get_window_stats(item, key).reset_time
+async def _refused(item, key: str, code: str, message: str) -> JobError:
+    reset = (await limiter().get_window_stats(item, key)).reset_time
     wait = max(1, int(reset - time.time()) + 1)
     return JobError(code, f"{message} Try again in {wait} s.", status=429, limit=item.amount, retry_after=wait)
 
 
-def allow(who: Identity, priority: object) -> None:
+async def allow(who: Identity, priority: object) -> None:
     """What ``who`` may submit: a priority within their ceiling (403, not a silent downgrade), one more job of
     their daily quota."""
     if isinstance(priority, str) and priority in PRIORITY_LEVELS and not who.may_use(priority):
         raise JobError("priority_not_allowed", f"Priority {priority!r} is above what you may use "
                        f"({who.max_priority}).", status=403, allowed=who.max_priority)
-    check_quota(who)
+    await check_quota(who)
 
 
-def submit_as(who: Identity, message: str, **options) -> Submitted:
+async def submit_as(who: Identity, message: str, **options) -> Submitted:
     """The store's submit for the chat box on behalf of ``who``: their request budget, ceiling, quota and
     waiting limit."""
-    check_identity(who)
-    allow(who, options.get("priority", "normal"))
-    return sync_store().submit(message, user=who.id, max_waiting=who.waiting_limit, **options)
+    await check_identity(who)
+    await allow(who, options.get("priority", "normal"))
+    return await async_store().submit(message, user=who.id, max_waiting=who.waiting_limit, **options)
 
 
 class StreamSlot:
@@ -107,10 +109,10 @@ def stream_slot(who: Identity) -> StreamSlot:
     return StreamSlot(who)
 
 
-def open_page(who: Identity, client_id: str) -> Callable[[], None]:
+async def open_page(who: Identity, client_id: str) -> Callable[[], None]:
     """A page of ``who`` opens: counted against their request budget and their open streams (a page holds a
     websocket as an SSE client holds a stream); returns what to call when it closes. JobError 429 beyond."""
-    check_identity(who)
+    await check_identity(who)
     slot = StreamSlot(who)
     return slot.release
 

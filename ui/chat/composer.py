@@ -8,9 +8,8 @@ conversations and languages. A message is submitted with the page's user, priori
 from __future__ import annotations
 
 import contextlib
-from functools import partial
 
-from nicegui import background_tasks, run, ui
+from nicegui import background_tasks, ui
 from nicegui.context import context
 
 import i18n
@@ -103,9 +102,8 @@ class Composer:
     async def _submit(self, text: str, **fields) -> Submitted | None:
         """Submit with this page's user, priority, model and language; refusals are shown, not raised."""
         try:
-            return await run.io_bound(partial(  # the request budget is counted over the sync client
-                limits.submit_as, self.state.identity, text, priority=self.state.priority,
-                model=self.state.model, lang=i18n.current_language(), **fields))
+            return await limits.submit_as(self.state.identity, text, priority=self.state.priority,
+                                          model=self.state.model, lang=i18n.current_language(), **fields)
         except JobError as error:
             self._show_error(refusal_text(error))
         except REDIS_ERRORS:
