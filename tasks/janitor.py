@@ -1,7 +1,8 @@
 """Worker-side housekeeping as Dramatiq middleware: reap dead leases and say "this worker is alive".
 
 Each worker process runs one janitor thread. Once a second it runs the REAP step (see :mod:`tasks.queue`),
-sends a ticket for every job it put back, tops up the tickets, and refreshes this process's heartbeat. Several
+sends a ticket for every job it put back, and runs the BEAT step: this process's heartbeat, and how many tickets
+are missing, which it tops up. Two round trips a second per idle worker. Several
 janitors may run at once; REAP is atomic, so each job is put back once. The janitor keeps running while its
 process drains on shutdown (until ``after_worker_shutdown``): a process finishing its last answer still
 recovers the jobs of a dead sibling.
@@ -82,16 +83,16 @@ class Janitor(Middleware):
     def sweep(self) -> None:
         from tasks.store import sync_store
 
-        client = get_redis()
-        seconds, micros = client.time()
-        client.zadd(keys.WORKERS, {WORKER_ID: seconds * 1000 + micros // 1000})
-        back, _ = sync_store().scripts.reap()
+        scripts = sync_store().scripts
+        back, _ = scripts.reap()
         if back:
             # Not left to the top-up: a killed worker's ticket still counts in ``<queue>.msgs`` until Dramatiq's
             # maintenance (a random 1 in 10 broker commands) hands it back, which can take many seconds;
             # the job must run again within the recovery window. The old ticket, once back, is a surplus one.
             send_tickets(len(back))
-        self.top_up_tickets(client)
+        missing = scripts.beat(WORKER_ID, TICKETS, DELAYED_TICKETS)  # the heartbeat, and the top-up's count
+        if missing > 0:
+            send_tickets(missing)
         self.discover()
 
     def discover(self) -> None:
@@ -102,14 +103,6 @@ class Janitor(Middleware):
         loop = get_event_loop_thread()
         if loop is not None:
             self.discovery = asyncio.run_coroutine_threadsafe(_discover(), loop.loop)
-
-    def top_up_tickets(self, client) -> None:
-        pipe = client.pipeline(transaction=True)
-        pipe.zcard(keys.WAITING).hlen(TICKETS).hlen(DELAYED_TICKETS)
-        waiting, tickets, delayed_tickets = pipe.execute()
-        missing = waiting - tickets - delayed_tickets
-        if missing > 0:
-            send_tickets(missing)
 
 
 async def _discover() -> None:

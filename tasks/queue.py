@@ -52,8 +52,8 @@ LEVEL_SPAN = 10**15  # scores of level L are in [L * LEVEL_SPAN, (L + 1) * LEVEL
 TERMINAL = ("completed", "failed", "cancelled")
 LIVE = ("queued", "retrying", "running")
 
-STEPS = ("submit", "admit", "heartbeat", "append", "finish", "back_off", "cancel", "reap", "release",
-         "reprioritize", "backend_seen", "read_job", "read_jobs", "read_conversations", "read_clock", "read_positions",
+STEPS = ("submit", "admit", "heartbeat", "append", "finish", "back_off", "cancel", "reap", "release", "beat",
+         "reprioritize", "backend_seen", "read_job", "read_jobs", "read_conversations", "read_clock", "read_positions", "read_expired",
          "read_board")
 LUA = Path(__file__).resolve().parent / "lua"
 BUCKET_TTL_S = 2 * 86400

@@ -171,20 +171,14 @@ class WorkerPool:
                 log.warning("worker process %s died holding %d job(s): put back at once", dead, released)
 
     def kill_frozen(self) -> None:
-        from tasks import keys
-        from tasks.connection import get_redis
+        from tasks.store import sync_store
 
-        client = get_redis()
-        seconds, micros = client.time()
-        expired = client.zrangebyscore(keys.LEASES, "-inf", seconds * 1000 + micros // 1000)
+        expired = sync_store().scripts.read_expired()  # one round trip: at rest, all the pool asks of Redis
         if not expired:
             return
         ours = self.workers()
         host = socket.gethostname()
-        pipe = client.pipeline(transaction=False)
-        for job_id in expired:
-            pipe.hget(keys.job(job_id), "worker")
-        for job_id, worker in zip(expired, pipe.execute()):
+        for job_id, worker in zip(expired[0::2], expired[1::2]):
             worker_host, _, pid = (worker or "").rpartition(":")
             if worker_host == host and pid.isdigit() and int(pid) in ours:
                 log.warning("worker %s holds the expired lease of job %s without renewing it: killing it",
@@ -210,13 +204,17 @@ class _Slot:
         self.restart_at = 0.0
 
     def watch(self) -> list[int]:
-        """Look at the CLI's worker processes: the pids of those seen alive before and dead (or a zombie) now."""
-        seen = dict(self.workers)
-        if self.process is not None and self.process.poll() is None:
+        """Look at the CLI's worker process: the pids of those seen alive before and dead (or a zombie) now.
+
+        The CLI runs one worker process (``--processes 1``): it is looked for among the CLI's children until it is
+        found (listing children scans every process of the machine), then only looked at (its own /proc entry)."""
+        if not self.workers and self.process is not None and self.process.poll() is None:
             with contextlib.suppress(psutil.Error):
-                seen.update((child.pid, child) for child in psutil.Process(self.process.pid).children(recursive=True))
-        self.workers = {pid: process for pid, process in seen.items() if _alive(process)}
-        return [pid for pid in seen if pid not in self.workers]
+                self.workers = {child.pid: child for child in psutil.Process(self.process.pid).children()}
+        dead = [pid for pid, process in self.workers.items() if not _alive(process)]
+        for pid in dead:
+            del self.workers[pid]
+        return dead
 
     def keep_running(self, pool: WorkerPool, number: int) -> None:
         now = time.monotonic()

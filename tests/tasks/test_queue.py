@@ -369,6 +369,24 @@ def test_releasing_a_dead_workers_leases_puts_its_jobs_back_at_the_next_reap_and
     assert scripts.reap() == [[], []]
 
 
+def test_the_beat_is_a_heartbeat_and_the_count_of_missing_tickets(store, scripts, r):
+    tickets, delayed = f"{NAMESPACE}:{QUEUE_NAME}.msgs", f"{NAMESPACE}:{QUEUE_NAME}.DQ.msgs"
+    for i in range(3):
+        submit(f"waiting {i}")  # each sends its ticket
+    assert scripts.beat("host:1", tickets, delayed) == 0
+    assert r.zscore(keys.WORKERS, "host:1")
+    r.delete(tickets)  # tickets lost (Redis restarted without them, a sender died)
+    assert scripts.beat("host:1", tickets, delayed) == 3
+
+
+def test_expired_leases_are_read_with_the_worker_holding_each(store, scripts):
+    held = submit("held")
+    assert queue.Admission.parse(scripts.admit("host:7")).job_id == held
+    assert scripts.read_expired() == []  # a lease of two minutes
+    get_redis().zadd(keys.LEASES, {held: 0})  # its worker stopped renewing it
+    assert scripts.read_expired() == [held, "host:7"]
+
+
 def test_a_reaped_job_that_used_its_attempts_fails_instead_of_looping(store, scripts):
     settings.queue_max_retries = 1
     job_id = submit("poison")
