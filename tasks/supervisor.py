@@ -232,7 +232,11 @@ class _Slot:
 
 
 def _alive(process: psutil.Process) -> bool:
-    """Running and not a zombie (``is_running`` also says False when the pid went to another process)."""
-    with contextlib.suppress(psutil.Error):
+    """Running and not a zombie (``is_running`` also says False when the pid went to another process). A process
+    that can't be looked at counts as alive: only its lease may then hand its jobs to another worker."""
+    try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    return False
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True
