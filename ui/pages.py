@@ -25,12 +25,12 @@ def create() -> None:
     ui.page('/')(index)
 
 
-async def index() -> None:
+def index() -> None:
     lang = i18n.init_language()
     frame.follow_language(lang)
     state = PageState.for_current_user()
     try:
-        context.client.on_delete(await limits.open_page(state.identity, context.client.id))
+        context.client.on_delete(limits.open_page(state.identity, context.client.id))
     except JobError as error:  # too many pages or requests from this user: say so, and build nothing heavy
         design.apply()
         with ui.column().classes('w-full items-center text-center gap-3 pt-[20vh] px-4') \

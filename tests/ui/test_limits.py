@@ -79,3 +79,16 @@ def test_open_streams_per_client_are_counted_and_released():
     limits.stream_slot(ALICE).release()
     second.release()
     assert not limits.StreamSlot.open
+
+
+def test_opening_pages_counts_against_the_same_budget_as_the_api(r):
+    settings.api_rate_per_min = 3
+    closes = [limits.open_page(ALICE, "page 1"), limits.open_page(ALICE, "page 2")]  # the page builder's own way
+    asyncio.run(limits.check_identity(ALICE))  # an API request: the third of the minute
+    with pytest.raises(JobError) as refused:
+        limits.open_page(ALICE, "page 3")
+    assert (refused.value.status, refused.value.code) == (429, "rate_limited")
+    assert 0 < refused.value.params["retry_after"] <= 60 and "Try again in" in str(refused.value)
+    for close in closes:
+        close()
+    assert not limits.StreamSlot.open
