@@ -34,10 +34,17 @@ def limiter() -> SlidingWindowCounterRateLimiter:
     client = get_async_redis()
     made = _limiters.get(id(client))
     if made is None or made[0] is not client.connection_pool:
-        storage = RedisStorage("async+" + redis_url(), implementation="redispy",
+        storage = RedisStorage("async+" + _storage_url(), implementation="redispy",
                                connection_pool=client.connection_pool, key_prefix=KEY_PREFIX)
         made = _limiters[id(client)] = (client.connection_pool, SlidingWindowCounterRateLimiter(storage))
     return made[1]
+
+
+def _storage_url() -> str:
+    """Our Redis URL as ``limits`` names it: main.py's embedded Redis is a unix socket (``unix://``), which limits'
+    asyncio storage calls ``redis+unix://`` (and takes anything else for Valkey)."""
+    url = redis_url()
+    return "redis+" + url if url.startswith("unix://") else url
 
 
 def _page_budget() -> sync_strategies.SlidingWindowCounterRateLimiter:
@@ -45,7 +52,7 @@ def _page_budget() -> sync_strategies.SlidingWindowCounterRateLimiter:
     global _page_limiter
     pool = get_redis().connection_pool
     if _page_limiter is None or _page_limiter[0] is not pool:
-        storage = sync_storage.RedisStorage(redis_url(), connection_pool=pool, key_prefix=KEY_PREFIX)
+        storage = sync_storage.RedisStorage(_storage_url(), connection_pool=pool, key_prefix=KEY_PREFIX)
         _page_limiter = (pool, sync_strategies.SlidingWindowCounterRateLimiter(storage))
     return _page_limiter[1]
 

@@ -49,11 +49,14 @@ def test_main_py_with_its_embedded_redis_stops_on_ctrl_c_at_once_without_a_trace
     # NiceGUI closes its sessions' Redis connections in a shutdown handler of its own: Redis must outlive it; and
     # a worker must get one SIGTERM (a second makes it exit in its signal handler, and it then hung until killed).
     env = clean_environ(REDIS_URL="", OLLAMA_HOST="http://127.0.0.1:9", WORKER_PROCESSES="1",
-                        NICEGUI_STORAGE_PATH=str(tmp_path / "sessions"))
+                        NICEGUI_STORAGE_PATH=str(tmp_path / "sessions"), API_RATE_PER_MIN="60")
     app = App(env, tmp_path).start()
     try:
         httpx.get(app.url + "/", timeout=10).raise_for_status()  # a browser session, kept in Redis
         assert app.health()["redis"]
+        # the request budget is counted in the embedded Redis too, over its unix socket (limits' asyncio storage)
+        accepted = httpx.post(app.url + "/api/chat", json={"message": "hello"}, timeout=10)
+        assert accepted.status_code == 202, accepted.text
     finally:
         asked = time.monotonic()
         app.stop()
