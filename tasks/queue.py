@@ -53,8 +53,8 @@ TERMINAL = ("completed", "failed", "cancelled")
 LIVE = ("queued", "retrying", "running")
 
 STEPS = ("submit", "admit", "heartbeat", "append", "finish", "back_off", "cancel", "reap", "release", "beat",
-         "reprioritize", "backend_seen", "read_job", "read_jobs", "read_conversations", "read_clock", "read_positions", "read_expired",
-         "read_board")
+         "reprioritize", "backend_seen", "read_job", "read_jobs", "read_conversations", "read_clock", "read_positions",
+         "read_expired", "read_board")
 LUA = Path(__file__).resolve().parent / "lua"
 BUCKET_TTL_S = 2 * 86400
 IDEMPOTENCY_S = 86400

@@ -57,14 +57,18 @@ def _page_budget() -> sync_strategies.SlidingWindowCounterRateLimiter:
     return _page_limiter[1]
 
 
+def _per_minute(per_minute: int | None) -> RateLimitItemPerMinute | None:
+    """The request budget: ``per_minute`` (an API key's own), else API_RATE_PER_MIN; None when it is off."""
+    per_minute = per_minute or settings.api_rate_per_min
+    return RateLimitItemPerMinute(per_minute) if per_minute else None
+
+
 async def check(client_key: str, per_minute: int | None = None) -> None:
     """Count one request of ``client_key``; raise a 429 JobError when it is over the limit."""
-    per_minute = per_minute or settings.api_rate_per_min
-    if not per_minute:
-        return
-    item = RateLimitItemPerMinute(per_minute)
-    if not await limiter().hit(item, client_key):
-        raise await _refused(item, client_key, "rate_limited", f"Too many requests: at most {per_minute} a minute.")
+    item = _per_minute(per_minute)
+    if item is not None and not await limiter().hit(item, client_key):
+        stats = await limiter().get_window_stats(item, client_key)
+        raise _rate_limited(item, stats.reset_time)
 
 
 async def check_identity(who: Identity) -> None:
@@ -77,13 +81,17 @@ async def check_quota(who: Identity) -> None:
     if who.quota_per_day:
         item = RateLimitItemPerDay(who.quota_per_day)
         if not await limiter().hit(item, "quota:" + who.id):
-            raise await _refused(item, "quota:" + who.id, "quota_exceeded",
-                                 f"Your daily quota of {who.quota_per_day} messages is used up.")
+            stats = await limiter().get_window_stats(item, "quota:" + who.id)
+            raise _refused(item, stats.reset_time, "quota_exceeded",
+                           f"Your daily quota of {who.quota_per_day} messages is used up.")
 
 
-async def _refused(item, key: str, code: str, message: str) -> JobError:
-    reset = (await limiter().get_window_stats(item, key)).reset_time
-    wait = max(1, int(reset - time.time()) + 1)
+def _rate_limited(item: RateLimitItemPerMinute, reset_time: float) -> JobError:
+    return _refused(item, reset_time, "rate_limited", f"Too many requests: at most {item.amount} a minute.")
+
+
+def _refused(item, reset_time: float, code: str, message: str) -> JobError:
+    wait = max(1, int(reset_time - time.time()) + 1)
     return JobError(code, f"{message} Try again in {wait} s.", status=429, limit=item.amount, retry_after=wait)
 
 
@@ -136,12 +144,9 @@ def open_page(who: Identity, client_id: str) -> Callable[[], None]:
     Synchronous, on the synchronous client, with the same budget: a page's builder stays synchronous, since NiceGUI
     runs an async one as a task it waits on for at most 3 s, and under 200 page loads at once a third of them
     were served that timeout's error page instead (the fan-out benchmark)."""
-    per_minute, key = who.rate_per_min or settings.api_rate_per_min, "id:" + who.id
-    item = RateLimitItemPerMinute(per_minute or 1)
-    if per_minute and not _page_budget().hit(item, key):
-        wait = max(1, int(_page_budget().get_window_stats(item, key).reset_time - time.time()) + 1)
-        raise JobError("rate_limited", f"Too many requests: at most {per_minute} a minute. Try again in {wait} s.",
-                       status=429, limit=per_minute, retry_after=wait)
+    item, key = _per_minute(who.rate_per_min or None), "id:" + who.id
+    if item is not None and not _page_budget().hit(item, key):
+        raise _rate_limited(item, _page_budget().get_window_stats(item, key).reset_time)
     slot = StreamSlot(who)
     return slot.release
 
