@@ -27,11 +27,16 @@ from devtools.fake_llm import FakeLLM, Reply, prompt_of
 
 
 class ScriptedLLM(FakeLLM):
+    def __init__(self, *, pace: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pace = pace
+        """How many times faster than the script's own token delays the answers stream (``--pace``)."""
+
     def unscripted(self, body: dict[str, Any]) -> Reply:
         turn = script.turn_for(prompt_of(body))
         thinking = script.tokens(turn.thinking)
         hold = None if turn.hold_after is None else len(thinking) + turn.hold_after  # thinking chunks count too
-        return Reply(tokens=script.tokens(turn.answer), thinking=thinking, token_delay=turn.token_delay,
+        return Reply(tokens=script.tokens(turn.answer), thinking=thinking, token_delay=turn.token_delay / self.pace,
                      hang_after=hold)
 
     def routes(self) -> list[Route]:
@@ -51,9 +56,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="The demo's offline LLM: scripted answers over Ollama's API.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--pace", type=float, default=1.0, help="stream N times faster than the script says")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises Ctrl-C after its graceful shutdown
-        ScriptedLLM(host=args.host, port=args.port).serve_forever()
+        ScriptedLLM(host=args.host, port=args.port, pace=args.pace).serve_forever()
 
 
 if __name__ == "__main__":

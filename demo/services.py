@@ -57,11 +57,11 @@ def check_ollama() -> None:
                         "OLLAMA_MODEL to one it has, or run: uv run main.py demo --offline")
 
 
-def start_fake_llm(workdir: Path, stack: contextlib.ExitStack, say: Say) -> tuple[str, Child]:
+def start_fake_llm(workdir: Path, stack: contextlib.ExitStack, say: Say, pace: float = 1.0) -> tuple[str, Child]:
     """The offline LLM (``demo/fake_llm.py``) in its own process, as a real Ollama would be."""
     port = free_port()
-    llm = Child("the offline LLM", [sys.executable, "-m", "demo.fake_llm", "--port", str(port)], env=clean_environ(),
-                log_path=workdir / "llm.log")
+    command = [sys.executable, "-m", "demo.fake_llm", "--port", str(port), "--pace", str(pace)]
+    llm = Child("the offline LLM", command, env=clean_environ(), log_path=workdir / "llm.log")
     stack.callback(stop, llm, say)
     llm.start()
     url = f"http://127.0.0.1:{port}"

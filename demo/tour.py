@@ -36,9 +36,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="main.py demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--offline", action="store_true",
                         help="use devtools' fake LLM with scripted answers instead of Ollama")
+    parser.add_argument("--pace", type=float, default=1.0,
+                        help="offline: stream the answers N times faster than a small model on a laptop (default 1; "
+                             "the tests use 4)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"where the screenshots and the animation go (default: {DEFAULT_OUT.relative_to(ROOT)})")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.pace <= 0:
+        parser.error("--pace must be above 0")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +92,7 @@ def run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, sa
     if not args.offline:
         check_ollama()
     if args.offline:
-        llm_url, llm = start_fake_llm(workdir, stack, say)
+        llm_url, llm = start_fake_llm(workdir, stack, say, args.pace)
     else:
         llm_url, llm = ollama_host(), None
     app_url = start_app(workdir, llm_url, args.offline, stack, say)

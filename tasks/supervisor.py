@@ -125,13 +125,13 @@ class WorkerPool:
     def _run(self) -> None:
         # The children get their death signal when this thread ends: it lives as long as the pool.
         while not self.stopping.is_set():
-            for number, slot in enumerate(self.slots):
-                slot.keep_running(self, number)
-            try:
+            try:  # first: a CLI that exited with its worker is only restarted once it is known whether it had booted
                 self.release_dead()
                 self.kill_frozen()
             except Exception:  # Redis away, a process gone meanwhile: next round
                 log.debug("looking for dead or frozen workers failed", exc_info=True)
+            for number, slot in enumerate(self.slots):
+                slot.keep_running(self, number)
             self.stopping.wait(self.CHECK_SECONDS)
         running = [slot.process for slot in self.slots if slot.process is not None]
         for process in running:  # all at once: each drains in parallel
@@ -154,6 +154,7 @@ class WorkerPool:
     def release_dead(self) -> None:
         """Put back at once the jobs of every worker process seen dead since the last look (see the class)."""
         from tasks.broker import send_tickets
+        from tasks.keys import WORKERS
         from tasks.store import sync_store
 
         host = socket.gethostname()
@@ -163,7 +164,10 @@ class WorkerPool:
                 continue
             if slot.process is not None:  # the CLI would drain and exit: it has nothing left to drain
                 stop(slot.process, timeout=0, first=signal.SIGKILL)
-            scripts = sync_store().scripts
+            store = sync_store()
+            ids = [f"{host}:{pid}" for pid in dead]
+            slot.booted = any(score is not None for score in store.client.zmscore(WORKERS, ids))
+            scripts = store.scripts
             released = sum(scripts.release(f"{host}:{pid}") for pid in dead)
             if released:
                 back, _ = scripts.reap()
@@ -194,12 +198,15 @@ class WorkerPool:
 
 
 class _Slot:
-    """One supervised worker CLI; restarted at once after a run of a few seconds, with a backoff otherwise."""
+    """One supervised worker CLI, restarted at once when it ran for a few seconds or its worker had booted (sent a
+    heartbeat); otherwise after a backoff (1, 2, 4 … 30 s), which keeps a CLI that can't start (a broken import, a
+    wrong setting) from spinning. A worker killed from outside right after it booted is not that."""
 
     def __init__(self) -> None:
         self.process: subprocess.Popen | None = None
         self.workers: dict[int, psutil.Process] = {}  # the CLI's worker processes last seen alive
         self.started = 0.0
+        self.booted = False  # its worker process had sent a heartbeat before it died (set by release_dead)
         self.delay = 0.5
         self.restart_at = 0.0
 
@@ -222,12 +229,12 @@ class _Slot:
             return
         if self.process is not None:
             code, self.process = self.process.returncode, None
-            self.delay = 0.5 if now - self.started > 5 else min(self.delay * 2, 30.0)
+            self.delay = 0.5 if self.booted or now - self.started > 5 else min(self.delay * 2, 30.0)
             self.restart_at = now + (0.0 if self.delay == 0.5 else self.delay)
             log.warning("worker %d exited with %s; restarting%s", number, code,
                         "" if self.delay == 0.5 else f" in {self.delay:.0f} s")
         if now >= self.restart_at:
-            self.started = now
+            self.started, self.booted = now, False
             self.process = spawn(pool.command, cwd=pool.cwd, env=pool.env)
 
 

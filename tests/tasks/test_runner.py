@@ -76,8 +76,11 @@ def test_the_time_limit_closes_the_llm_stream_and_the_next_call_never_runs_besid
 
 def test_a_worker_cut_off_from_redis_closes_its_call_before_its_lease_expires_and_the_job_runs_elsewhere(
         env, tmp_path, redis_server, pools, fake_llm):
+    answer = [f"{' ' if i else ''}t{i}" for i in range(300)]
+    fake_llm.script(Reply(tokens=answer, token_delay=0.05),  # 15 s of answer, cut off early on
+                    Reply(tokens=answer))  # the second attempt: at once
     with cut_off_pool(env, tmp_path, redis_server) as (proxy, cut):
-        job = submit(slow("cut off", 300, 0.05))  # 15 s of answer
+        job = submit("cut off")
         first = wait_running(job, tokens=3)
         assert first["worker"].endswith(f":{cut.children()[0]}")
         proxy.pause()

@@ -16,17 +16,21 @@ Times are Redis' (stream entry ids, heartbeats); what the LLM saw is what the fa
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 import psutil
 
 from devtools.fake_llm import Reply
 from devtools.figures import children
+from devtools.processes import clean_environ
 from devtools.stack import App
 from devtools.waiting import wait_for
 from tasks.settings import settings
+from tasks.supervisor import WorkerPool
 from tasks.store import sync_store
 from tests.helpers import (asked, booted_workers, heartbeat_ms, raw, redis_ms, resets, slow, snapshots, submit,
                            wait_over, wait_running, worker_pid, worker_processes)
@@ -76,6 +80,35 @@ def test_a_killed_worker_process_is_recovered_in_time_and_restarted_while_the_ot
     for job_id in long_jobs:
         sync_store().cancel(job_id)
     wait_over(*long_jobs)
+
+
+def test_a_worker_killed_as_soon_as_it_booted_is_started_again_without_a_backoff(app_factory, fake_llm):
+    app = app_factory(WORKER_PROCESSES="1")
+    for _ in range(3):  # a CLI that lived under 5 s: only one whose worker never booted is held back
+        [victim] = booted_workers(app.pid, 1)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: victim not in worker_processes(app.pid), timeout=10, what="the killed worker to go")
+    booted_workers(app.pid, 1)
+    restarts = [line for line in app.output().splitlines() if "exited with" in line]
+    assert len(restarts) == 3 and not [line for line in restarts if "restarting in" in line], restarts
+
+
+def test_a_worker_cli_that_cannot_start_is_started_again_after_a_growing_delay(caplog):
+    pool = WorkerPool(processes=1, threads=1, env=clean_environ())
+    pool.command = [sys.executable, "-c", "raise SystemExit(3)"]  # as a broken import would
+    with caplog.at_level(logging.WARNING, logger="queuechat.supervisor"):
+        pool.start()
+        try:
+            wait_for(lambda: len(exits(caplog)) >= 3, timeout=20, what="three exits")
+        finally:
+            pool.stop(timeout=1)
+    assert exits(caplog)[:3] == ["worker 0 exited with 3; restarting in 1 s",
+                                 "worker 0 exited with 3; restarting in 2 s",
+                                 "worker 0 exited with 3; restarting in 4 s"]
+
+
+def exits(caplog) -> list[str]:
+    return [record.getMessage() for record in caplog.records if "exited with" in record.getMessage()]
 
 
 # --- 4. a worker frozen under main.py ---------------------------------------------------------------------
