@@ -28,7 +28,8 @@ Other news::
     bus.reconnected.subscribe(cb)            # cb(): Redis is back after an outage; re-read what you show
     bus.health                               # bindable: .redis (bool), .llm (bool), .workers (int), .models, .checked
     bus.health_changed.subscribe(cb)         # cb(): after a poll (every ~2 s) that changed something
-    await bus.stats(); await bus.series()    # metrics.stats() / metrics.series(), cached for all pages
+    bus.figures                              # .stats, .series: metrics.stats() / metrics.series(), for all pages
+    bus.figures_changed.subscribe(cb)        # cb(): they changed (read once a second while anyone subscribes)
 
 Redis going away is survived: every loop reconnects with backoff, ``health.redis`` is False meanwhile, and
 ``reconnected`` fires once the pub/sub subscription is back (messages published meanwhile are lost, stream
@@ -75,6 +76,15 @@ class Health:
     checked: bool = False  # False until the first poll finished
 
 
+@dataclass
+class Figures:
+    """What the metrics drawers show, read once for all of them."""
+
+    stats: dict | None = None         # metrics.stats(); None until read, and while Redis is down
+    series: list[dict] | None = None  # metrics.series(): the last 30 minutes
+    read: bool = False                # a read was tried: until then a drawer says neither 'Live' nor 'Offline'
+
+
 @dataclass(eq=False)
 class Followed:
     """A job someone follows: its shared state, where the tail has read its stream to, and who to tell."""
@@ -92,8 +102,9 @@ class Bus:
     POLL_SECONDS = 2.0
     QUEUE_COALESCE_SECONDS = 0.1
     POSITIONS_SECONDS = 2.0
-    STATS_SECONDS = 0.9
+    STATS_SECONDS = 1.0
     SERIES_SECONDS = 3.0
+    FIGURES_AT_LEAST_SECONDS = 15.0  # relative times ('2 minutes ago') move on even when no figure does
 
     def __init__(self) -> None:
         self.queue_changed: Event[[]] = Event()
@@ -102,13 +113,13 @@ class Bus:
         self.reconnected: Event[[]] = Event()
         self.health_changed: Event[[]] = Event()
         self.health = Health()
+        self.figures_changed: Event[[]] = Event()
+        self.figures = Figures()
         self._jobs: dict[str, Followed] = {}
         self._tailing = asyncio.Event()
         self._queue_moved = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._cache: dict[str, tuple[float, Any]] = {}
         self._warned: set[str] = set()
-        self._lock = asyncio.Lock()
         self._wake, self._wake_cursor, self._blocking = keys.tail_wake(uuid.uuid4().hex), '0-0', False
 
     # --- following jobs -----------------------------------------------------------------------------------
@@ -222,40 +233,18 @@ class Bus:
 
     # --- cached figures -------------------------------------------------------------------------------
 
-    async def stats(self) -> dict | None:
-        """``metrics.stats()``, at most once per ~second for all pages together; None while Redis is down."""
-        return await self._cached('stats', self.STATS_SECONDS, metrics.stats)
-
-    async def series(self) -> list[dict] | None:
-        """``metrics.series()`` (last 30 minutes), refreshed every few seconds."""
-        return await self._cached('series', self.SERIES_SECONDS, metrics.series)
-
-    async def _cached(self, name: str, seconds: float, function: Callable[[], Any]) -> Any:
-        at, value = self._cache.get(name, (float('-inf'), None))
-        if time.monotonic() - at < seconds:
-            return value
-        async with self._lock:
-            at, value = self._cache.get(name, (float('-inf'), None))
-            if time.monotonic() - at >= seconds:
-                try:
-                    value = await run.io_bound(function)
-                except REDIS_ERRORS as error:
-                    log.debug('%s failed: %s', name, error)
-                    value = None
-                self._cache[name] = (time.monotonic(), value)
-        return value
-
     # --- lifecycle ------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the loops in the running event loop (idempotent)."""
         if self._tasks:
             return
-        self._tailing, self._queue_moved, self._lock = asyncio.Event(), asyncio.Event(), asyncio.Lock()
+        self._tailing, self._queue_moved = asyncio.Event(), asyncio.Event()
         if self._jobs:
             self._tailing.set()
         for name, loop in (('listen', self._listen), ('tail', self._tail), ('health', self._poll_health),
-                           ('queue', self._emit_queue_changes), ('positions', self._refresh_positions)):
+                           ('queue', self._emit_queue_changes), ('positions', self._refresh_positions),
+                           ('figures', self._read_figures)):
             self._tasks.append(background_tasks.create(loop(), name=f'bus-{name}'))
 
     async def stop(self) -> None:
@@ -385,6 +374,34 @@ class Bus:
                     followed.job.apply(items)
                     self._tell(followed, items)
 
+    async def _read_figures(self) -> None:
+        """While some page shows the figures (a subscriber of ``figures_changed``), read them once a second for all
+        pages together, and tell the pages only when something changed: an open page that nothing happens to costs
+        nothing (a timer per page used to redraw each one every second). A server that is down counts down."""
+        series_at = told_at = float('-inf')
+        while True:
+            await asyncio.sleep(self.STATS_SECONDS)
+            if not self.figures_changed.callbacks:
+                series_at = float('-inf')
+                continue
+            now, figures = time.monotonic(), self.figures
+            stats, series = await self._read(metrics.stats), figures.series
+            if now - series_at >= self.SERIES_SECONDS:
+                series, series_at = await self._read(metrics.series), now
+            counting_down = any(view['state'] == 'down' for view in self.health.backends)
+            if (stats, series) != (figures.stats, figures.series) or not figures.read or counting_down \
+                    or now - told_at >= self.FIGURES_AT_LEAST_SECONDS:
+                figures.stats, figures.series, figures.read, told_at = stats, series, True, now
+                self.figures_changed.emit()
+
+    @staticmethod
+    async def _read(function: Callable[[], Any]) -> Any:
+        try:
+            return await run.io_bound(function)
+        except REDIS_ERRORS as error:
+            log.debug('%s failed: %s', function.__name__, error)
+            return None
+
     async def _reload(self) -> None:
         """After an outage: entries are read from the cursors on, but positions may be stale."""
         for followed in self._jobs.values():
@@ -460,8 +477,8 @@ health_changed = bus.health_changed
 health = bus.health
 follow = bus.follow
 unfollow = bus.unfollow
-stats = bus.stats
-series = bus.series
+figures = bus.figures
+figures_changed = bus.figures_changed
 _registered = False
 
 

@@ -190,9 +190,27 @@ def test_health_reports_redis_llm_and_workers(redis_server, fake_llm, r: redis.R
             await until(lambda: bus.health.checked, what='the first poll')
             assert (bus.health.redis, bus.health.llm, bus.health.workers) == (True, True, 2)
             assert 'qwen3:latest' in bus.health.models
-            stats = await bus.stats()
-            assert stats is not None and stats['workers'] == 2
-            assert len(await bus.series()) == 30
+            bus.figures_changed.subscribe(lambda: None)  # a page shows the figures
+            await until(lambda: bus.figures.read, what='the figures')
+            assert bus.figures.stats['workers'] == 2 and len(bus.figures.series) == 30
+    run(test)
+
+
+def test_figures_are_read_while_a_page_shows_them_and_told_only_when_they_change(redis_server, fake_llm,
+                                                                                  r: redis.Redis) -> None:
+    async def test() -> None:
+        async with running_bus(STATS_SECONDS=0.05, SERIES_SECONDS=0.05) as bus:
+            await until(lambda: bus.health.llm, what='the LLM server up')  # a server down counts down every second
+            await asyncio.sleep(0.3)
+            assert not bus.figures.read, 'read with no page to show them'
+            told: list[int] = []
+            bus.figures_changed.subscribe(lambda: told.append(bus.figures.stats['submitted']))
+            await until(lambda: told, what='the first figures')
+            await asyncio.sleep(0.5)  # ten reads that find nothing new
+            assert len(told) == 1
+            sync_store().submit('hello', user='bob')
+            await until(lambda: len(told) == 2, what='the figures after a submission')
+            assert told[1] == told[0] + 1
     run(test)
 
 

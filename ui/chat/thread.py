@@ -53,9 +53,8 @@ class Thread(ui.column):
         # unsubscribed in _handle_delete: this view can go long before its client does
         for event, handler in self._subscriptions():
             event.subscribe(handler, unsubscribe_on_delete=False)
-        with self:
-            ui.timer(RENDER_SECONDS, self._flush)
-            ui.timer(1.0, self._tick)
+        with self:  # running only while a message is live: an idle page wakes the app for nothing
+            self.timers = (ui.timer(RENDER_SECONDS, self._flush, active=False), ui.timer(1.0, self._tick, active=False))
         if conversation_id is None:
             self._show_empty()
         else:
@@ -156,7 +155,7 @@ class Thread(ui.column):
             view = MessageView(model, self.state.user)
         self.messages[job.job_id] = view
         if following:
-            self.live[job.job_id] = view
+            self._go_live(job.job_id, view)
 
     # --- live updates -----------------------------------------------------------------------------------------
 
@@ -178,9 +177,14 @@ class Thread(ui.column):
                 with contextlib.suppress(*REDIS_ERRORS):
                     shared = await bus.follow(job_id, view.model.update)
                     if shared is not None:
-                        self.live[job_id] = view
+                        self._go_live(job_id, view)
                         view.model.replace(shared)
         await self._sync()
+
+    def _go_live(self, job_id: str, view: MessageView) -> None:
+        self.live[job_id] = view
+        for timer in self.timers:
+            timer.activate()
 
     def _flush(self) -> None:
         for job_id, view in list(self.live.items()):
@@ -189,6 +193,9 @@ class Thread(ui.column):
                 del self.live[job_id]
                 bus.unfollow(job_id, view.model.update)
                 background_tasks.create(self._reread(view.model), name='finished message', context=self)
+        if not self.live:
+            for timer in self.timers:
+                timer.deactivate()
 
     async def _reread(self, model: MessageModel) -> None:
         """After the end: the record as stored (the finishing time, the answer as kept)."""

@@ -1,7 +1,8 @@
 """The metrics drawer: live cards from ``metrics.stats()``, a 30-minute chart from ``metrics.series()``, and the
 LLM servers (``bus.health.backends``): each one's health, slots, models, speed and recent errors.
 
-Figures come through the bus's shared cache, so every open page together reads Redis about once a second.
+The figures come from the bus (``bus.figures``), read once a second for every open page together; a page is
+told only when they changed, so an open drawer that nothing happens to costs the app nothing.
 """
 
 from __future__ import annotations
@@ -55,18 +56,19 @@ class MetricsPanel:
                     .props('data-testid=metrics-chart')
         self._show()
         i18n.on_change(self._on_language)
-        ui.timer(1.0, self.refresh)
+        bus.figures_changed.subscribe(self.refresh)
+        bus.health_changed.subscribe(self.refresh)
+        self.drawer.on_value_change(self.refresh)  # opened: up to date at once
 
-    async def refresh(self) -> None:
-        if self.drawer.value is False:  # hidden (narrow screen): nothing to show
+    def refresh(self) -> None:
+        if self.drawer.value is False:  # hidden (narrow screen): brought up to date when it opens
             return
-        self.figures = await bus.stats()
-        self.read = True
-        points = await bus.series()
+        figures = bus.figures
+        self.figures, self.read = figures.stats, figures.read
         self._show()
         self.servers.show(bus.health.backends)
-        if points is not None and points != self.points:
-            self.points = points
+        if figures.series is not None and figures.series != self.points:
+            self.points = figures.series
             self._show_chart()
 
     def _on_language(self) -> None:
