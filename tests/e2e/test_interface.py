@@ -32,6 +32,21 @@ def test_history_entry_appears_live_and_survives_a_reload(page):
     expect(page.get_by_test_id("history-item").first).to_contain_text("remember me")
 
 
+def test_a_tasks_clock_in_the_history_runs_while_it_runs_and_stops_at_its_end(page, fake_llm):
+    fake_llm.script(Reply(tokens=[f" w{i}" for i in range(80)], token_delay=0.05))  # 4 s of answer
+    send(page, "count my seconds")
+    page.get_by_test_id("tab-history").click()
+    item = page.get_by_test_id("history-item").first
+    clock = item.get_by_test_id("history-elapsed")
+    expect(item).to_contain_text("Running")
+    running = clock.inner_text()
+    expect(clock).not_to_have_text(running)  # it counts up
+    expect(item).to_contain_text("Completed")
+    ended = clock.inner_text()
+    page.wait_for_timeout(2500)  # more than one tick of the clock
+    expect(clock).to_have_text(ended)
+
+
 def test_history_click_opens_the_conversation_at_that_message(page):
     send(page, "first conversation")
     expect(last_message(page).get_by_test_id("message-status")).to_have_text("Completed")

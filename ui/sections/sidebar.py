@@ -41,7 +41,6 @@ class Sidebar:
         self._loaded = False
         self._refreshing = False
         self._again = False
-        self._ticks = 0
 
         self.drawer = ui.left_drawer(value=False).props('show-if-above') \
             .props(f'width={design.SIDEBAR_WIDTH} bordered data-testid=sidebar').classes('qc-sidebar p-0')
@@ -70,6 +69,8 @@ class Sidebar:
                 with ui.tab_panel('history'):
                     self.history_box = ui.column().classes('w-full gap-0.5 p-2 no-wrap') \
                         .props('data-testid=history-list')
+        # the clocks of waiting and running tasks, while there are any (an idle page wakes the app for nothing)
+        self.clocks = ui.timer(1.0, self._tick_clocks, active=False)
         self._render_conversations()
         self._render_history()
 
@@ -80,7 +81,7 @@ class Sidebar:
         self.state.priority_changed.subscribe(self._show_priority)
         i18n.on_change(self._on_language)
         i18n.on_change(self._update_models)
-        ui.timer(1.0, self._tick)
+        ui.timer(30.0, self._tick_all, immediate=False)  # every relative time ('5 minutes ago')
         ui.timer(0.05, self.schedule_refresh, once=True)
 
     # --- controls ---------------------------------------------------------------------------------
@@ -201,6 +202,7 @@ class Sidebar:
         self._mark_active()
 
     def _render_history(self) -> None:
+        self.clocks.active = any(not job.finished for job in self.history)
         ids = [job.job_id for job in self.history]
         if ids == list(self.history_items) and ids:
             for job in self.history:
@@ -219,17 +221,18 @@ class Sidebar:
             item.element.classes(add='qc-active' if conversation_id == self.state.conversation_id else None,
                                  remove=None if conversation_id == self.state.conversation_id else 'qc-active')
 
-    def _tick(self) -> None:
-        """Every second the clocks of waiting and running tasks; every half minute all relative times."""
-        self._ticks += 1
+    def _tick_clocks(self) -> None:
         now = datetime.now(timezone.utc)
-        everything = self._ticks % 30 == 0
         for item in self.history_items.values():
-            if everything or not item.job.finished:
+            if not item.job.finished:
                 item.show_times(now)
-        if everything:
-            for conversation in self.conversation_items.values():
-                conversation.update(conversation.conversation)
+
+    def _tick_all(self) -> None:
+        now = datetime.now(timezone.utc)
+        for item in self.history_items.values():
+            item.show_times(now)
+        for conversation in self.conversation_items.values():
+            conversation.update(conversation.conversation)
 
     def _on_language(self) -> None:
         for item in self.conversation_items.values():
