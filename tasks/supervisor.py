@@ -168,7 +168,7 @@ class WorkerPool:
             ids = [f"{host}:{pid}" for pid in dead]
             slot.booted = any(score is not None for score in store.client.zmscore(WORKERS, ids))
             scripts = store.scripts
-            released = sum(scripts.release(f"{host}:{pid}") for pid in dead)
+            released = sum(scripts.release(worker) for worker in ids)
             if released:
                 back, _ = scripts.reap()
                 send_tickets(len(back))

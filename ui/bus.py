@@ -231,8 +231,6 @@ class Bus:
             except Exception:  # one broken follower must not starve the others
                 log.exception('a follower failed')
 
-    # --- cached figures -------------------------------------------------------------------------------
-
     # --- lifecycle ------------------------------------------------------------------------------------
 
     def start(self) -> None:

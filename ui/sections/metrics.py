@@ -33,8 +33,6 @@ def create() -> MetricsPanel:
 
 class MetricsPanel:
     def __init__(self) -> None:
-        self.figures: dict | None = None
-        self.read = False  # until the first read, neither 'Live' nor 'Offline'
         self.points: list[dict] | None = None
         self.drawer = ui.right_drawer(value=False).props("show-if-above") \
             .props(f'width={design.METRICS_WIDTH} breakpoint={design.METRICS_BREAKPOINT} bordered '
@@ -64,7 +62,6 @@ class MetricsPanel:
         if self.drawer.value is False:  # hidden (narrow screen): brought up to date when it opens
             return
         figures = bus.figures
-        self.figures, self.read = figures.stats, figures.read
         self._show()
         self.servers.show(bus.health.backends)
         if figures.series is not None and figures.series != self.points:
@@ -77,10 +74,10 @@ class MetricsPanel:
         self.servers.show(bus.health.backends, force=True)
 
     def _show(self) -> None:
-        figures = self.figures
+        figures = bus.figures.stats
         live = figures is not None
         design.restyle(self.live_dot, design.LIVE_DOTS, 'on' if live else 'off')
-        self.live.set_text(i18n.t('metrics.live' if live else 'metrics.offline') if self.read else '')
+        self.live.set_text(i18n.t('metrics.live' if live else 'metrics.offline') if bus.figures.read else '')
         if figures is None:
             for card in self.cards.values():
                 card.show('—', '')
