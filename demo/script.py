@@ -84,6 +84,7 @@ CAP = Turn(
     "*availability* and *partition tolerance* at the same time.\n\n"
     "Since network partitions will happen sooner or later, the real choice is between staying consistent "
     "and staying available while the network is split.",
+    hold_after=24,  # "at the same time.": the picture of the freed slot at work
 )
 
 URGENT = Turn(

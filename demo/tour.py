@@ -333,6 +333,7 @@ class Tour:
                  slow=True)
         self.shoot_both("stop", "Stop: the partial answer stays, and the free slot goes to the next in line",
                         alice=script.COMMIT_TIPS)
+        self.release()
 
     def retry(self) -> None:
         """The LLM server answers 503 once; the message is retried and succeeds on attempt 2."""
