@@ -117,7 +117,8 @@ def run(args: argparse.Namespace) -> None:
         # proxy_headers off: X-Forwarded-For is believed from TRUSTED_PROXIES only, by ui/identity.py.
         ui.run(host=settings.host, port=settings.port, title="queuechat", favicon="💬", reload=False, show=False,
                storage_secret=secret, show_welcome_message=False, uvicorn_logging_level="warning",
-               fastapi_docs=True, proxy_headers=False)
+               fastapi_docs=True, proxy_headers=False,
+               binding_refresh_interval=None)  # no active links (ui/ binds only bindable properties): no 10 Hz loop
     finally:
         stop_children()
 

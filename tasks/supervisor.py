@@ -96,10 +96,10 @@ class WorkerPool:
 
     One CLI per process, not one CLI with N processes: when one of its processes dies, the dramatiq CLI stops
     the others and waits for them to drain (up to a whole job); here a dead worker takes nobody with it and is
-    started again within a second or two. Four times a second the pool also looks for workers of its own that
-    hold a lease that has run out without renewal — a process frozen (SIGSTOP, a stuck interpreter) can't close
-    its LLM call itself — and kills them, so that their connections close before the reaper hands the job to
-    another worker (the reaper waits ``reap_grace_ms`` after a lease ran out).
+    started again within a second or two. Four times per reap grace (at most once a second) the pool also looks
+    for workers of its own that hold a lease that has run out without renewal — a process frozen (SIGSTOP, a
+    stuck interpreter) can't close its LLM call itself — and kills them, so that their connections close before
+    the reaper hands the job to another worker (the reaper waits ``reap_grace_ms`` after a lease ran out).
 
     A worker process of its own that it sees dead (killed, crashed, or killed here for freezing) holds nothing
     any more: the kernel closed its connections with it. Its leases are released and its jobs put back at once
@@ -108,7 +108,7 @@ class WorkerPool:
     another host) are recovered by their leases alone.
     """
 
-    CHECK_SECONDS = 0.25
+    CHECK_SECONDS = 0.25  # how soon a dead worker is seen (its own /proc entry: cheap)
 
     def __init__(self, processes: int, threads: int, env: dict[str, str], cwd: str | None = None) -> None:
         self.command = [sys.executable, "-m", "dramatiq", "tasks.actors", "--processes", "1",
@@ -123,11 +123,16 @@ class WorkerPool:
         return self
 
     def _run(self) -> None:
+        from tasks.settings import settings
+
         # The children get their death signal when this thread ends: it lives as long as the pool.
+        leases_at = 0.0
         while not self.stopping.is_set():
             try:  # first: a CLI that exited with its worker is only restarted once it is known whether it had booted
                 self.release_dead()
-                self.kill_frozen()
+                if time.monotonic() >= leases_at:  # a round trip to Redis: at rest, all the pool asks of it
+                    leases_at = time.monotonic() + min(1.0, settings.reap_grace_ms / 4000)
+                    self.kill_frozen()
             except Exception:  # Redis away, a process gone meanwhile: next round
                 log.debug("looking for dead or frozen workers failed", exc_info=True)
             for number, slot in enumerate(self.slots):
@@ -177,7 +182,7 @@ class WorkerPool:
     def kill_frozen(self) -> None:
         from tasks.store import sync_store
 
-        expired = sync_store().scripts.read_expired()  # one round trip: at rest, all the pool asks of Redis
+        expired = sync_store().scripts.read_expired()
         if not expired:
             return
         ours = self.workers()
