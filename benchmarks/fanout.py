@@ -240,7 +240,7 @@ def spread(values: list[int]) -> str:
 def section(f: dict, check: dict | None) -> Section:
     per_page = (f["live_rss"] - f["idle_rss"]) / f["pages"]
     # A window in which fewer answers streamed measures less work than the target's: no verdict from it.
-    cpu_verdict = verdict(f["streaming_cpu"], TARGET_CPU, unit=" points") if f["running"] >= f["answers"] else \
+    cpu_verdict = verdict(f["streaming_cpu"], TARGET_CPU, strict=True, unit=" points") if f["running"] >= f["answers"] else \
         f"**not measured as set**: {f['running']} of {f['answers']} answers streamed the whole window"
     rows = [["no page open", f"{f['idle_cpu']:.1f} %", fmt_mb(f["idle_rss"])],
             [f"{f['pages']} pages open, answers queued", f"{f['watching_cpu']:.1f} %", fmt_mb(f["live_rss"])],

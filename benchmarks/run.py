@@ -1,6 +1,6 @@
 """queuechat's benchmarks against the targets of issue 14, measured side by side in one run.
 
-    uv run python -m benchmarks.run            # the full run (~15 min), writes docs/benchmarks.md
+    uv run python -m benchmarks.run            # the full run (~5–7 min), writes docs/benchmarks.md
     uv run python -m benchmarks.run --quick    # a smoke check with small sizes (< 3 min)
 
 This module only composes the sections (one module each) and writes the report:
@@ -93,10 +93,12 @@ def run(sizes: Sizes) -> tuple[list[Section], list[str], bool]:
                     "QUEUE_MAX_WAITING_PER_USER": "100000"}
     with Stack("run", **settings_env) as stack:
         log(f"private Redis on {stack.redis_server.url}, fake LLM on {stack.fake.url}")
+        whole = sections.attempt(lambda: machine_cost.measure_idle_whole(stack, sizes.idle_windows, sizes.idle_window_s))
         app = stack.start_app("--no-workers")
         log(f"app on {app.url}")
         with stack.workers(processes=2, threads=8) as workers:
-            idle = sections.attempt(lambda: machine_cost.measure_idle(stack, app, workers, sizes.idle_window_s))
+            idle = sections.attempt(lambda: machine_cost.measure_idle_split(stack, app, workers, sizes.idle_windows,
+                                                                            sizes.idle_window_s))
             sections.run("a", lambda: ttft.section(ttft.measure(stack, app.url, sizes.ttft_reps, sizes.ttft_warmup,
                                                                  sizes.idle_pause_s)))
             pipeline_rates = sections.attempt(
@@ -113,7 +115,7 @@ def run(sizes: Sizes) -> tuple[list[Section], list[str], bool]:
             sections.run("d", lambda: sse_scale.section(
                 sse_scale.measure(stack, app, workers, sizes.sse_clients, sizes.sse_jobs, sizes.sse_tokens)))
             sections.run("e", lambda: machine_cost.section(
-                _value(idle),
+                _value(idle), _figures(whole),
                 _figures(sections.attempt(lambda: machine_cost.measure_page(stack, app, sizes.page_tokens)))))
         sections.run("f", lambda: long_queue.section(
             long_queue.measure(stack, app.url, sizes.scale_waiting, sizes.scale_reps)))
@@ -157,7 +159,7 @@ def render(sections: list[Section], quick: bool, load_before: str, load_after: s
     header = f"""# Benchmarks
 
 Measured with `{command_line()}` on {now_utc()} ({mode}, {seconds / 60:.1f} min).
-Regenerate with `uv run python -m benchmarks.run` (full, ~15 min) or `--quick` (smoke check, < 3 min); the
+Regenerate with `uv run python -m benchmarks.run` (full, ~5–7 min) or `--quick` (smoke check, < 3 min); the
 file is rewritten by the script. Targets: issue 14. Baselines: the previous report (2026-11-28), as quoted in
 the issue.
 

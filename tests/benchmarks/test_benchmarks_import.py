@@ -40,6 +40,9 @@ def test_verdict():
     assert common.verdict(0.015, 0.010, unit=" ms", scale=1000).startswith("**missed** by 5.0 ms")
     assert common.verdict(250, 300, at_most=False, digits=0).startswith("**missed** by 50")
     assert common.verdict(float("nan"), 1) == "**not measured**"
+    assert common.verdict(2.0, 2.0) == "**met**"  # "≤ 2"
+    assert common.verdict(2.0, 2.0, strict=True).startswith("**missed**")  # "< 2"
+    assert common.verdict(1.99, 2.0, strict=True) == "**met**"
 
 
 def test_sse_events_parse_across_pieces():
@@ -104,7 +107,9 @@ def test_every_section_renders_from_figures():
                            "redis_during": {"app": 5, "workers": 18}, "connected_s": 5.0, "streamed_s": 12.0,
                            "redis_back_s": 0.5, "redis_rest": 10, "redis_after": {"app": 4, "workers": 30}, "rss_after": 1 << 28,
                            "fds_after": 32, "ok": 980, "problems": [], "stuck": 1, "on_stuck": 20}),
-        machine_cost.section({"seconds": 20.0, "app": 0.3, "workers": 0.5, "redis": 0.2},
+        machine_cost.section({"seconds": 8.0, "windows": [1.0, 1.2, 0.9], "app": 0.3, "workers": 0.5, "redis": 0.2,
+                              "total": 1.0},
+                             {"seconds": 8.0, "windows": [2.0, 2.1, 1.9], "main": 1.6, "redis": 0.4, "total": 2.0},
                              {"tokens": 2000, "seconds": 12.0, "plain_seconds": 11.0,
                               **{kind: {name: 0.5 for name in machine_cost.METRICS}
                                  for kind in ("streamed", "idle", "plain")}}),
@@ -115,3 +120,10 @@ def test_every_section_renders_from_figures():
     report = run.render(sections, quick=True, load_before="1", load_after="1", seconds=60)
     assert report.count("\n## ") == len(sections) + 2  # the summary, every section, the real model
     assert "{" not in report.split("## Summary")[1].split("## a.")[0]
+
+
+def test_the_idle_figures_render_without_the_whole_app_run():
+    idle = {"seconds": 8.0, "windows": [1.0], "app": 0.3, "workers": 0.5, "redis": 0.2, "total": 1.0}
+    section = machine_cost.section(idle, None, None)
+    assert "| split |" in section.body and "| whole |" not in section.body
+    assert [row[0] for row in section.summary] == ["e. idle CPU (app + workers + Redis)"]
