@@ -157,7 +157,9 @@ def measure_page(stack: Stack, app: App, tokens: int) -> dict:
 
 
 def section(idle: dict, whole: dict | None, page: dict | None) -> Section:
-    total = idle["total"]
+    # CPU times come in clock ticks (10 ms: 0.125 % of an 8 s window), so a total is judged as it is shown
+    total = round(idle["total"], 2)
+    whole = whole and {**whole, "total": round(whole["total"], 2)}
     body = f"""**Idle**, nothing queued and no page open: CPU in % of one core, each process tree's CPU time, over
 {len(idle['windows'])} windows of {idle['seconds']:g} s after {SETTLE_S:g} s of rest; the window with the median total is shown.
 Split: `main.py --no-workers`, `dramatiq tasks.actors` (2 processes × 8 threads, `main.py`'s worker environment)
