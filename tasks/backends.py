@@ -46,7 +46,6 @@ from tasks.settings import settings
 log = logging.getLogger("queuechat.backends")
 
 BREAKER_FAILURES = 2
-DISCOVERY_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,7 @@ def _parse(value: str | None, ollama_host: str, concurrency: int) -> Fleet:
 
 
 async def discover(store) -> None:
-    """Check every backend that no process checked in the last DISCOVERY_SECONDS (a Redis lock shares the work
+    """Check every backend that no process checked in the last ``LLM_CHECK_SECONDS`` (a Redis lock shares the work
     between app instances and workers): is it up, what does it serve and have loaded, how many slots does it
     say it has. ``store`` is an asyncio :class:`~tasks.store.JobStore`."""
     await asyncio.gather(*(_check(store, backend) for backend in fleet().backends))
@@ -124,7 +123,7 @@ async def discover(store) -> None:
 
 async def _check(store, backend: Backend) -> None:
     lock = f"{keys.PREFIX}discovery:{backend.name}"
-    if not await store.client.set(lock, "1", nx=True, px=int(DISCOVERY_SECONDS * 900)):
+    if not await store.client.set(lock, "1", nx=True, px=int(settings.llm_check_seconds * 900)):
         return
     client = backend.client()
     models = loaded = slots = ""

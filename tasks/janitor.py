@@ -96,7 +96,7 @@ class Janitor(Middleware):
         self.discover()
 
     def discover(self) -> None:
-        """Check the LLM servers (at most every DISCOVERY_SECONDS, shared by every process), on the worker's event
+        """Check the LLM servers (at most every ``LLM_CHECK_SECONDS``, shared by every process), on the worker's event
         loop and without waiting for it: a slow server must not hold up the reaping."""
         if self.discovery is not None and not self.discovery.done():
             return

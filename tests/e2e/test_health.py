@@ -11,7 +11,7 @@ from tests.e2e.conftest import last_message, send
 def test_llm_chip_turns_red_when_ollama_is_gone_and_green_when_it_is_back(app_factory, browser):
     llm = FakeLLM().start()
     port = llm.port
-    app = app_factory(OLLAMA_HOST=llm.url, WORKER_PROCESSES="1")
+    app = app_factory(OLLAMA_HOST=llm.url, WORKER_PROCESSES="1", LLM_CHECK_SECONDS="2")
     context = browser.new_context(base_url=app.url)
     page = context.new_page()
     try:

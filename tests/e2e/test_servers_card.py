@@ -19,7 +19,7 @@ def fleet_app(stack_env, tmp_path_factory) -> Iterator[tuple[App, dict[str, Fake
              "cpu": FakeLLM(models=["phi4-mini:latest"], slots=1).start()}
     config = json.dumps({"backend": [{"name": "gpu", "url": fakes["gpu"].url, "slots": 2},
                                      {"name": "cpu", "kind": "openai", "url": fakes["cpu"].url}]})
-    app = App({**stack_env, "LLM_BACKENDS": config, "OLLAMA_MODEL": "qwen3:8b"},
+    app = App({**stack_env, "LLM_BACKENDS": config, "OLLAMA_MODEL": "qwen3:8b", "LLM_CHECK_SECONDS": "2"},
               tmp_path_factory.mktemp("servers-card")).start("--no-workers")
     try:
         yield app, fakes

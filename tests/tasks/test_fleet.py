@@ -14,6 +14,7 @@ What is observed is what the servers saw (each fake's requests, ``max_active``) 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -373,3 +374,27 @@ def test_slots_unset_are_what_the_server_says_else_one(r, monkeypatch):
     assert {v["name"]: (v["state"], v["slots"]) for v in sync_store().backends()} == {
         "counted": ("up", 2), "silent": ("up", 1), "ollama": ("up", 1)}  # Ollama does not say: configure it
     assert sync_store().clock("m:1").cap == 4  # and admission counts the same slots
+
+
+def test_a_server_is_checked_again_once_per_check_period_whoever_asks(r, monkeypatch):
+    import asyncio
+
+    from tasks import backends
+    from tasks.store import async_store
+
+    with FakeLLM(models=["m:1"]) as server:
+        monkeypatch.setattr(settings, "llm_backends", json.dumps({"backend": [{"name": "one", "url": server.url}]}))
+        monkeypatch.setattr(settings, "llm_check_seconds", 0.5)
+
+        async def check() -> None:
+            await backends.discover(async_store())
+
+        def checks() -> int:  # a check lists the models: /api/tags
+            return server.hits["/api/tags"]
+
+        asyncio.run(check())
+        asyncio.run(check())  # another process's turn comes too soon: the lock says it was just checked
+        assert checks() == 1
+        time.sleep(0.5)
+        asyncio.run(check())
+        assert checks() == 2
