@@ -24,7 +24,7 @@ from devtools.waiting import wait_for
 SCREENSHOTS = ["01-two-users", "02-queue-positions", "03-high-priority-cuts-in", "04-stop", "05-llm-error-retry",
                "06-attempt-2", "07-chinese-queue", "08-chinese-answer", "09-history", "10-metrics"]
 MARKER = "QC_DEMO_TEST_MARKER"
-DEMO = [sys.executable, "main.py", "demo", "--offline", "--pace", "4"]  # the answers at 80 tokens a second
+DEMO = [sys.executable, "main.py", "demo", "--offline", "--pace", "8"]  # the answers at 160 tokens a second
 
 
 def demo_env() -> tuple[dict[str, str], str]:
