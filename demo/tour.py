@@ -331,6 +331,8 @@ class Tour:
                  "Stopped: the answer above is incomplete.")
         self.see("Bob's low-priority question to start", bob.part(script.CAP, "message-status"), attribute=RUNNING,
                  slow=True)
+        # Held there until the release below, which frees only answers already held: it must come after the hold.
+        self.see_answer("its first paragraph", bob, script.CAP, "at the same time.")
         self.shoot_both("stop", "Stop: the partial answer stays, and the free slot goes to the next in line",
                         alice=script.COMMIT_TIPS)
         self.release()

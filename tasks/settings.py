@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     llm_connect_timeout: float = Field(5.0, gt=0, description="Seconds to connect to the LLM")
     llm_first_token_timeout: float = Field(120.0, gt=0, description="Seconds to wait for the first chunk")
     llm_idle_timeout: float = Field(60.0, gt=0, description="Seconds of silence mid-answer before retry")
-    llm_check_seconds: float = Field(10.0, gt=0, description="How often the LLM servers are checked (up, models, "
+    llm_check_seconds: float = Field(10.0, ge=0.1, le=86400, description="How often the LLM servers are checked (up, models, "
                                      "loaded, slots): by one process at a time, whichever's turn it is")
     llm_breaker_cooldown_seconds: float = Field(10.0, gt=0, description="How long an LLM server that failed is "
                                                 "left alone before one job tries it again")

@@ -3,6 +3,9 @@
 import re
 from pathlib import Path
 
+import pytest
+from pydantic import ValidationError
+
 from tasks.settings import Settings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -29,3 +32,12 @@ def test_environment_overrides(monkeypatch):
     monkeypatch.setenv("OLLAMA_HOST", "http://gpu:11434")
     settings = Settings(_env_file=None)
     assert settings.queue_concurrency == 7 and settings.ollama_host == "http://gpu:11434"
+
+
+@pytest.mark.parametrize("value", ["0", "0.001", "inf", "1e20", "nan"])
+def test_a_check_period_redis_cannot_keep_as_a_lock_is_refused(monkeypatch, value):
+    # Each was let through once: the lock's PX came out 0, infinite or too large, every check failed and the LLM
+    # chip stayed red with nothing in the log.
+    monkeypatch.setenv("LLM_CHECK_SECONDS", value)
+    with pytest.raises(ValidationError, match="llm_check_seconds"):
+        Settings(_env_file=None)
