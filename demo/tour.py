@@ -371,6 +371,7 @@ class Tour:
         alice.send(script.QUEUE_ZH)
         self.see("the position in Chinese", alice.part(script.QUEUE_ZH, "queue-position"), "前面还有 1 个任务")
         self.shoot_alice("chinese-queue", "In Chinese: the whole interface, the queue position included")
+        self.see_answer("Bob's release note at its hold", bob, script.RELEASE_NOTE, "estimated start time.")
         self.release()
         self.see("the Chinese answer", alice.part(script.QUEUE_ZH, "message-status"), attribute=COMPLETED,
                  slow=True)

@@ -7,8 +7,8 @@ under uvicorn in a thread of the process that scripts it (or in the foreground: 
 Requests are answered in arrival order from the scripted replies, then the default reply, then the echo. With
 ``slots=N`` at most N answers are served at once and the others wait inside the server, as on a real
 llama.cpp or Ollama server that runs on a CPU. What the tests observe: ``requests`` (the bodies received),
-``hits`` (requests per path), ``active``, ``max_active``, ``waiting`` and ``cancelled`` (clients that left before
-the end of an answer). :meth:`stop` lets the answers in flight end (the rest of their tokens at once);
+``hits`` (requests per path), ``active``, ``max_active``, ``waiting``, ``held`` (answers hanging until
+:meth:`release`) and ``cancelled`` (clients that left before the end of an answer). :meth:`stop` lets the answers in flight end (the rest of their tokens at once);
 :meth:`kill` drops them mid-way, as a server that crashed or lost power does.
 """
 
@@ -47,7 +47,7 @@ class FakeLLM:
         self._initial_models = [canonical_model(name) for name in models]
         self._initial_loaded = [canonical_model(name) for name in loaded]
         self._lock = threading.Lock()
-        self.active = self.waiting = 0
+        self.active = self.waiting = self.held = 0
         self._restore()
         self.app = Starlette(routes=self.routes(), lifespan=self._lifespan)
         self.app.add_middleware(_CountHits, fake=self)
@@ -271,9 +271,11 @@ class FakeLLM:
         """Stay silent until :meth:`release` (True) or the server's stop (False)."""
         released = self._release
         waits = [asyncio.ensure_future(released.wait()), asyncio.ensure_future(self._stopping.wait())]
+        self.held += 1  # a release frees only the answers held by then: a test waits for this before it releases
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self.held -= 1
             for wait in waits:
                 wait.cancel()
         return released.is_set() and not self._stopping.is_set()

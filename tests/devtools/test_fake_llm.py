@@ -123,6 +123,7 @@ def test_a_released_hang_goes_on_and_a_disconnect_is_not_the_clients_doing(fake,
     with client.stream("POST", "/api/chat", json=chat()) as response:
         lines = response.iter_lines()
         assert json.loads(next(lines))["message"]["content"] == "a"
+        assert fake.wait_until(lambda: fake.held == 1)  # the first chunk is out before the hang begins
         fake.release()
         assert "".join(json.loads(line)["message"]["content"] for line in lines) == " b c"
     received = []
@@ -148,7 +149,8 @@ def test_slots_make_requests_wait_inside_the_server():
             asker.start()
         assert fake.wait_until(lambda: (fake.active, fake.waiting) == (1, 2))
         for served in range(3):
-            assert fake.wait_until(lambda: len(answers) == served and fake.active == 1)
+            # held, not only active: a release before the answer reaches its hang would free nothing
+            assert fake.wait_until(lambda: len(answers) == served and fake.held == 1)
             fake.release()
         for asker in askers:
             asker.join(10)

@@ -108,6 +108,7 @@ def test_a_job_that_backs_off_is_the_next_to_start_when_its_backoff_ends_and_say
     lows = [submit(f"low {i} [[tokens=2]][[delay=0.1]]", "low") for i in range(200)]  # each holds the slot 0.2 s+
     fake_llm.script(Reply(status=503, error="busy"))  # the next call: the high job's, once the running one ends
     high = submit("high [[tokens=3]]", "high")
+    wait_for(lambda: fake_llm.held == 1, what="the running answer to hang")  # else the release frees nothing
     fake_llm.release()
     # (between its failed call and the admission that gives its slot to the next job it has no position)
     backing_off = wait_for(lambda: (job := public(high))["status"] == "retrying" and job["position"] is not None
