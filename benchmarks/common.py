@@ -74,9 +74,10 @@ def verdict(value: float, target: float, *, at_most: bool = True, strict: bool =
     the target is "< x", so x itself misses it)."""
     if math.isnan(value):
         return "**not measured**"
-    if strict and value == target:
-        return "**missed** (exactly the target)"
-    met = value <= target if at_most else value >= target
+    if at_most:
+        met = value < target if strict else value <= target
+    else:
+        met = value > target if strict else value >= target
     if met:
         return "**met**"
     gap = (value - target) if at_most else (target - value)

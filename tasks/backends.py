@@ -123,7 +123,7 @@ async def discover(store) -> None:
 
 async def _check(store, backend: Backend) -> None:
     lock = f"{keys.PREFIX}discovery:{backend.name}"
-    if not await store.client.set(lock, "1", nx=True, px=max(1, int(settings.llm_check_seconds * 900))):
+    if not await store.client.set(lock, "1", nx=True, px=int(settings.llm_check_seconds * 900)):
         return
     client = backend.client()
     models = loaded = slots = ""

@@ -8,8 +8,9 @@ Requests are answered in arrival order from the scripted replies, then the defau
 ``slots=N`` at most N answers are served at once and the others wait inside the server, as on a real
 llama.cpp or Ollama server that runs on a CPU. What the tests observe: ``requests`` (the bodies received),
 ``hits`` (requests per path), ``active``, ``max_active``, ``waiting``, ``held`` (answers hanging until
-:meth:`release`) and ``cancelled`` (clients that left before the end of an answer). :meth:`stop` lets the answers in flight end (the rest of their tokens at once);
-:meth:`kill` drops them mid-way, as a server that crashed or lost power does.
+:meth:`release`) and ``cancelled`` (clients that left before the end of an answer). :meth:`stop` lets the
+answers in flight end (the rest of their tokens at once); :meth:`kill` drops them mid-way, as a server that
+crashed or lost power does.
 """
 
 from __future__ import annotations
