@@ -56,10 +56,13 @@ def redis_ms(r: redis.Redis) -> int:
     return seconds * 1000 + micros // 1000
 
 
-def discovered(r: redis.Redis) -> None:
-    """Wait until the app has checked the LLM server since the test's flush (the models it serves are known):
-    before that any model is accepted."""
+def discovered(app: App, r: redis.Redis) -> None:
+    """Wait until the LLM server was checked since the test's flush (the models it serves are known; before that
+    any model is accepted) and the app has read what the check found: the doors list models from the app's copy,
+    refreshed every ~2 s, which can still be the empty one it read just after the flush."""
     wait_for(lambda: r.hget("qc:backend:ollama", "models"), timeout=15, what="the LLM server's models")
+    wait_for(lambda: httpx.get(app.url + "/api/models", timeout=5).json()["models"], timeout=15,
+             what="the app's copy of the models")
 
 
 def job(r: redis.Redis, job_id: str) -> dict:

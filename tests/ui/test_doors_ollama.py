@@ -49,7 +49,7 @@ def test_generate_with_a_system_prompt_and_num_predict_cuts_with_done_reason_len
 
 
 def test_list_ps_and_version(app, keys, fake_llm, r):
-    discovered(r)
+    discovered(app, r)
     caller = ollama_client(app, keys("alice"))
     assert [m.model for m in caller.list().models] == ["llama3.2:latest", "qwen3:latest"]
     assert caller.ps().models is not None
@@ -57,7 +57,7 @@ def test_list_ps_and_version(app, keys, fake_llm, r):
 
 
 def test_errors_reach_the_client_with_their_status_and_reason(app, keys, r):
-    discovered(r)
+    discovered(app, r)
     with pytest.raises(ollama.ResponseError) as bad:
         ollama_client(app, "qc_nope").chat(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert bad.value.status_code == 401 and "not valid" in bad.value.error
