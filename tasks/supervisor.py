@@ -16,6 +16,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -96,10 +97,11 @@ class WorkerPool:
 
     One CLI per process, not one CLI with N processes: when one of its processes dies, the dramatiq CLI stops
     the others and waits for them to drain (up to a whole job); here a dead worker takes nobody with it and is
-    started again within a second or two. Four times per reap grace (at most once a second) the pool also looks
-    for workers of its own that hold a lease that has run out without renewal — a process frozen (SIGSTOP, a
-    stuck interpreter) can't close its LLM call itself — and kills them, so that their connections close before
-    the reaper hands the job to another worker (the reaper waits ``reap_grace_ms`` after a lease ran out).
+    started again within a second or two. It sleeps until one of them dies (each worker and each CLI is watched
+    through a pidfd, on Linux: a death is seen at once) or the next lease runs out: then it looks for workers of
+    its own that hold a lease that has run out without renewal — a process frozen (SIGSTOP, a stuck interpreter)
+    can't close its LLM call itself — and kills them, so that their connections close before the reaper hands
+    the job to another worker (the reaper waits ``reap_grace_ms`` after a lease ran out).
 
     A worker process of its own that it sees dead (killed, crashed, or killed here for freezing) holds nothing
     any more: the kernel closed its connections with it. Its leases are released and its jobs put back at once
@@ -108,7 +110,7 @@ class WorkerPool:
     another host) are recovered by their leases alone.
     """
 
-    CHECK_SECONDS = 0.25  # how soon a dead worker is seen (its own /proc entry: cheap)
+    CHECK_SECONDS = 0.25  # how often a booting CLI is looked at for its worker; without pidfds, for deaths too
 
     def __init__(self, processes: int, threads: int, env: dict[str, str], cwd: str | None = None) -> None:
         self.command = [sys.executable, "-m", "dramatiq", "tasks.actors", "--processes", "1",
@@ -116,6 +118,7 @@ class WorkerPool:
         self.env, self.cwd = env, cwd
         self.slots: list[_Slot] = [_Slot() for _ in range(processes)]
         self.stopping = threading.Event()
+        self._wake_read, self._wake_write = os.pipe()  # stop() writes one byte: the pool's sleep ends at once
         self.thread = threading.Thread(target=self._run, name="worker-pool", daemon=True)
 
     def start(self) -> WorkerPool:
@@ -131,13 +134,13 @@ class WorkerPool:
             try:  # first: a CLI that exited with its worker is only restarted once it is known whether it had booted
                 self.release_dead()
                 if time.monotonic() >= leases_at:  # a round trip to Redis: at rest, all the pool asks of it
-                    leases_at = time.monotonic() + min(1.0, settings.reap_grace_ms / 4000)
-                    self.kill_frozen()
+                    leases_at = time.monotonic() + 1.0  # should Redis be away: again in a second
+                    leases_at = time.monotonic() + self.kill_frozen(settings.lease_ttl_ms)
             except Exception:  # Redis away, a process gone meanwhile: next round
                 log.debug("looking for dead or frozen workers failed", exc_info=True)
             for number, slot in enumerate(self.slots):
                 slot.keep_running(self, number)
-            self.stopping.wait(self.CHECK_SECONDS)
+            self._sleep(leases_at)
         running = [slot.process for slot in self.slots if slot.process is not None]
         for process in running:  # all at once: each drains in parallel
             # The CLI master alone: it passes the signal on to its worker process, which takes a second one as an
@@ -149,8 +152,28 @@ class WorkerPool:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(max(0.0, deadline - time.monotonic()))
             stop(process, timeout=0, first=signal.SIGKILL)
+        for slot in self.slots:
+            slot.close()
 
     stop_timeout = 15.0
+
+    def _sleep(self, leases_at: float) -> None:
+        """Until a watched process dies, stop() is called, a CLI is due to be (re)started or looked at, or the
+        next lease runs out."""
+        now = time.monotonic()
+        until = [leases_at]
+        fds = [self._wake_read]
+        for slot in self.slots:
+            if slot.process is None:
+                until.append(slot.restart_at)
+            watched = slot.pidfds()
+            if watched is None or slot.booting():  # no pidfds here, or its worker is still to be found
+                until.append(now + self.CHECK_SECONDS)
+            else:
+                fds.extend(watched)
+        ready, _, _ = select.select(fds, [], [], max(0.0, min(until) - now))
+        if self._wake_read in ready:
+            os.read(self._wake_read, 1)
 
     def workers(self) -> dict[int, int]:
         """pid of each live worker process (the CLI's child) -> its slot number."""
@@ -179,12 +202,17 @@ class WorkerPool:
                 send_tickets(len(back))
                 log.warning("worker process %s died holding %d job(s): put back at once", dead, released)
 
-    def kill_frozen(self) -> None:
+    def kill_frozen(self, lease_ttl_ms: int) -> float:
+        """Kill our workers that hold an expired lease; return the seconds until the next lease runs out (with
+        none running, a lease's lifetime: a job admitted meanwhile can't run out sooner)."""
         from tasks.store import sync_store
 
-        expired = sync_store().scripts.read_expired()
-        if not expired:
-            return
+        next_ms, *expired = sync_store().scripts.read_expired()
+        if expired:
+            self._kill_holders(expired)
+        return (lease_ttl_ms if next_ms < 0 else next_ms + 10) / 1000  # just after it runs out, not just before
+
+    def _kill_holders(self, expired: list[str]) -> None:
         ours = self.workers()
         host = socket.gethostname()
         for job_id, worker in zip(expired[0::2], expired[1::2]):
@@ -199,7 +227,13 @@ class WorkerPool:
         """Stop every worker (SIGTERM: they finish or give back what they hold; SIGKILL after ``timeout``)."""
         self.stop_timeout = timeout
         self.stopping.set()
+        if self._wake_write >= 0:
+            os.write(self._wake_write, b"x")
         self.thread.join(timeout + 5)
+        if not self.thread.is_alive() and self._wake_write >= 0:  # once: a second stop() finds nothing to do
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+            self._wake_read = self._wake_write = -1
 
 
 class _Slot:
@@ -214,25 +248,62 @@ class _Slot:
         self.booted = False  # its worker process had sent a heartbeat before it died (set by release_dead)
         self.delay = 0.5
         self.restart_at = 0.0
+        self._pidfds: dict[int, int] = {}  # pid -> a pidfd of the CLI or its worker: readable once it has exited
 
     def watch(self) -> list[int]:
         """Look at the CLI's worker process: the pids of those seen alive before and dead (or a zombie) now.
 
         The CLI runs one worker process (``--processes 1``): it is looked for among the CLI's children until it is
-        found (listing children scans every process of the machine), then only looked at (its own /proc entry)."""
+        found (listing children scans every process of the machine), then only looked at (its pidfd; elsewhere
+        than Linux, its own /proc entry)."""
         if not self.workers and self.process is not None and self.process.poll() is None:
             with contextlib.suppress(psutil.Error):
                 self.workers = {child.pid: child for child in psutil.Process(self.process.pid).children()}
-        dead = [pid for pid, process in self.workers.items() if not _alive(process)]
+        dead = [pid for pid, process in self.workers.items() if self._exited(pid, process)]
         for pid in dead:
             del self.workers[pid]
+            self._forget(pid)
         return dead
+
+    def booting(self) -> bool:
+        """Its CLI runs and its worker process is not found yet."""
+        return self.process is not None and self.process.returncode is None and not self.workers
+
+    def pidfds(self) -> list[int] | None:
+        """What to wait on for a death here: the pidfds of its worker and of its CLI (None: no pidfds here)."""
+        pids = [*self.workers, *([self.process.pid] if self.process and self.process.returncode is None else [])]
+        fds = [self._pidfd(pid) for pid in pids]
+        return None if None in fds else fds
+
+    def close(self) -> None:
+        for pid in list(self._pidfds):
+            self._forget(pid)
+
+    def _pidfd(self, pid: int) -> int | None:
+        if pid not in self._pidfds:
+            try:
+                self._pidfds[pid] = os.pidfd_open(pid)
+            except (AttributeError, OSError):  # not Linux, or gone already (its death is then seen by psutil)
+                return None
+        return self._pidfds[pid]
+
+    def _forget(self, pid: int) -> None:
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _exited(self, pid: int, process: psutil.Process) -> bool:
+        fd = self._pidfd(pid)
+        if fd is None:
+            return not _alive(process)
+        return bool(select.select([fd], [], [], 0)[0])
 
     def keep_running(self, pool: WorkerPool, number: int) -> None:
         now = time.monotonic()
         if self.process is not None and self.process.poll() is None:
             return
         if self.process is not None:
+            self._forget(self.process.pid)
             code, self.process = self.process.returncode, None
             self.delay = 0.5 if self.booted or now - self.started > 5 else min(self.delay * 2, 30.0)
             self.restart_at = now + (0.0 if self.delay == 0.5 else self.delay)

@@ -379,12 +379,13 @@ def test_the_beat_is_a_heartbeat_and_the_count_of_missing_tickets(store, scripts
     assert scripts.beat("host:1", tickets, delayed) == 3
 
 
-def test_expired_leases_are_read_with_the_worker_holding_each(store, scripts):
+def test_expired_leases_are_read_with_the_worker_holding_each_and_when_the_next_runs_out(store, scripts):
     held = submit("held")
     assert queue.Admission.parse(scripts.admit("host:7")).job_id == held
-    assert scripts.read_expired() == []  # a lease of two minutes
+    next_ms, *expired = scripts.read_expired()
+    assert expired == [] and 0 < next_ms <= settings.lease_ttl_ms  # main.py looks again when it runs out
     get_redis().zadd(keys.LEASES, {held: 0})  # its worker stopped renewing it
-    assert scripts.read_expired() == [held, "host:7"]
+    assert scripts.read_expired() == [-1, held, "host:7"]  # and no other lease to look at later
 
 
 def test_a_reaped_job_that_used_its_attempts_fails_instead_of_looping(store, scripts):
