@@ -7,6 +7,7 @@ process (the UI, the janitor, a retry) may send one without importing the actors
 from __future__ import annotations
 
 import dramatiq
+from dramatiq.asyncio import EventLoopThread, set_event_loop_thread
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import AsyncIO, Retries, TimeLimit
 
@@ -24,6 +25,22 @@ MAINTENANCE_CHANCE = 100_000
 _broker: RedisBroker | None = None
 
 
+class CalmAsyncIO(AsyncIO):
+    """Dramatiq's AsyncIO middleware, whose worker threads look for an interrupt once a second, not ten times.
+
+    A thread that runs an async actor waits for its coroutine in slices of ``interrupt_check_ival`` so that an
+    interrupt raised in it (TimeLimit's) is heard. Every process keeps a standby ticket waiting for work
+    (tasks/actors.py), so at ten slices a second one thread per idle worker never rested; and the only interrupt
+    we get is TimeLimit's, set half a minute past our own time limit, for which a second is nothing."""
+
+    INTERRUPT_CHECK_SECONDS = 1.0
+
+    def before_worker_boot(self, broker, worker) -> None:
+        thread = EventLoopThread(self.logger, interrupt_check_ival=self.INTERRUPT_CHECK_SECONDS)
+        thread.start(timeout=1.0)
+        set_event_loop_thread(thread)
+
+
 def get_broker() -> RedisBroker:
     """Create (once) and install the broker. Importing the actors calls this first."""
     global _broker
@@ -32,7 +49,7 @@ def get_broker() -> RedisBroker:
             url=redis_url(), namespace=NAMESPACE, heartbeat_timeout=settings.heartbeat_timeout_ms,
             maintenance_chance=MAINTENANCE_CHANCE,
             # JobRetries after Retries: ``after_`` hooks run in reverse, and it sets the delay Retries uses.
-            middleware=[TimeLimit(), Retries(retry_when=retry_when), JobRetries(), AsyncIO()],
+            middleware=[TimeLimit(), Retries(retry_when=retry_when), JobRetries(), CalmAsyncIO()],
         )
         _broker.declare_queue(QUEUE_NAME)
         dramatiq.set_broker(_broker)

@@ -1,9 +1,9 @@
 """Worker-side housekeeping as Dramatiq middleware: reap dead leases and say "this worker is alive".
 
-Each worker process runs one janitor thread. Once a second it runs the REAP step (see :mod:`tasks.queue`),
-sends a ticket for every job it put back, and runs the BEAT step: this process's heartbeat, and how many tickets
-are missing, which it tops up. Two round trips a second per idle worker. Several
-janitors may run at once; REAP is atomic, so each job is put back once. The janitor keeps running while its
+Each worker process runs one janitor thread. Once a second it runs the BEAT step: the REAP (see
+:mod:`tasks.queue`), this process's heartbeat, and how many tickets are missing; then it sends a ticket for every
+job put back and tops the rest up. One round trip a second per idle worker. Several janitors may run at once;
+REAP is atomic, so each job is put back once. The janitor keeps running while its
 process drains on shutdown (until ``after_worker_shutdown``): a process finishing its last answer still
 recovers the jobs of a dead sibling.
 
@@ -83,16 +83,13 @@ class Janitor(Middleware):
     def sweep(self) -> None:
         from tasks.store import sync_store
 
-        scripts = sync_store().scripts
-        back, _ = scripts.reap()
-        if back:
-            # Not left to the top-up: a killed worker's ticket still counts in ``<queue>.msgs`` until Dramatiq's
-            # maintenance (a random 1 in 10 broker commands) hands it back, which can take many seconds;
-            # the job must run again within the recovery window. The old ticket, once back, is a surplus one.
-            send_tickets(len(back))
-        missing = scripts.beat(WORKER_ID, TICKETS, DELAYED_TICKETS)  # the heartbeat, and the top-up's count
-        if missing > 0:
-            send_tickets(missing)
+        back, _, missing = sync_store().scripts.beat(WORKER_ID, TICKETS, DELAYED_TICKETS)
+        # A ticket for every job put back, whatever the count says: a killed worker's ticket still counts in
+        # ``<queue>.msgs`` until Dramatiq's maintenance (a random 1 in 10 broker commands) hands it back, which can
+        # take many seconds; the job must run again within the recovery window. The old ticket, once back, is a
+        # surplus one. The jobs put back are among the missing when no such ticket counts for them.
+        if max(len(back), missing) > 0:
+            send_tickets(max(len(back), missing))
         self.discover()
 
     def discover(self) -> None:

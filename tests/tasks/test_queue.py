@@ -373,10 +373,19 @@ def test_the_beat_is_a_heartbeat_and_the_count_of_missing_tickets(store, scripts
     tickets, delayed = f"{NAMESPACE}:{QUEUE_NAME}.msgs", f"{NAMESPACE}:{QUEUE_NAME}.DQ.msgs"
     for i in range(3):
         submit(f"waiting {i}")  # each sends its ticket
-    assert scripts.beat("host:1", tickets, delayed) == 0
+    assert scripts.beat("host:1", tickets, delayed) == [[], [], 0]
     assert r.zscore(keys.WORKERS, "host:1")
     r.delete(tickets)  # tickets lost (Redis restarted without them, a sender died)
-    assert scripts.beat("host:1", tickets, delayed) == 3
+    assert scripts.beat("host:1", tickets, delayed) == [[], [], 3]
+
+
+def test_the_beat_reaps_too(store, scripts, r):
+    tickets, delayed = f"{NAMESPACE}:{QUEUE_NAME}.msgs", f"{NAMESPACE}:{QUEUE_NAME}.DQ.msgs"
+    job_id = submit("held by the dead")  # its ticket still counts
+    assert queue.Admission.parse(scripts.admit("host:1")).job_id == job_id
+    r.zadd(keys.LEASES, {job_id: 0})  # its worker stopped renewing long ago
+    assert scripts.beat("host:2", tickets, delayed) == [[job_id], [], 0]  # the janitor sends it a ticket all the same
+    assert record(job_id)["status"] == "queued"
 
 
 def test_expired_leases_are_read_with_the_worker_holding_each_and_when_the_next_runs_out(store, scripts):
