@@ -85,8 +85,9 @@ def llm_error_codes() -> list[str]:
     ('worker_lost', 'unknown_model') and the worker's time limit."""
     source = "".join(path.read_text() for path in (ROOT / 'tasks' / 'llm').glob('*.py'))
     codes = set(re.findall(r'"((?:llm|model)_[a-z_]+)"\)', source)) - {'llm_error'}
-    lua = "".join(path.read_text() for path in (ROOT / 'tasks' / 'lua').glob('*.lua') if path.stem != 'prelude')
-    codes |= set(re.findall(r"'error_code', '([a-z_]+)'", lua))
+    lua = "".join(path.read_text() for path in (ROOT / 'tasks' / 'lua').glob('*.lua'))
+    # A code has two words at least: the prelude's list of fields names 'error_code' beside 'cancel', no code.
+    codes |= set(re.findall(r"'error_code', '([a-z]+_[a-z_]+)'", lua))
     assert {'llm_unreachable', 'model_missing', 'llm_busy', 'worker_lost', 'unknown_model'} <= codes
     return sorted(codes | {'time_limit'})
 
