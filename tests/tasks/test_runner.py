@@ -149,7 +149,7 @@ def test_with_the_default_cap_a_one_slot_server_answers_in_priority_order_and_no
         first = submit("first [[tokens=15]]")  # 1.5 s: longer than the first-token timeout
         wait_for(lambda: server.active == 1, what="the first answer to start")
         order = [("low", i) for i in range(3)] + [("normal", i) for i in range(3)] + [("high", i) for i in range(3)]
-        ids = {submit(f"{level} {i} [[tokens=12]]", level): (level, i) for level, i in order}
+        ids = {submit(f"{level} {i} [[tokens=4]]", level): (level, i) for level, i in order}
         jobs = wait_over(first, *ids, timeout=60)
         assert all((job["status"], job["attempts"]) == ("completed", 1) for job in jobs), \
             [(job["prompt"], job["status"], job["error"]) for job in jobs]
