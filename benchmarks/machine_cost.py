@@ -176,11 +176,12 @@ worker supervisor and its two workers in its tree, and `redis-server`{f" ({_wind
 Where idle time goes: in each worker process, Dramatiq's 8 worker threads wake once a second to look at their
 work queue and its consumer asks Redis for tickets once a second per queue (the queue and its delay queue, a Lua
 step each) — `dramatiq_worker_timeout` = 1 s; a longer one would cut this share but make a job that finds no
-standby ticket wait as much longer — and our janitor runs its REAP and BEAT steps once a second; in the app,
-uvicorn's 10 Hz tick and the health poll every 2 s; in Redis, its 10 Hz housekeeping (kept: at 1 Hz a timed-out
-BLPOP of Redis 6.2 returns up to a second late) and serving all of the above. The whole app adds one `dramatiq`
-CLI master per worker (so that a dead worker takes nobody with it) and the supervisor's look at its workers
-four times a second.
+standby ticket wait as much longer — and our janitor runs its BEAT step (the REAP with it) once a second; the
+thread that holds the process's standby ticket looks for Dramatiq's interrupts once a second (`CalmAsyncIO`;
+Dramatiq's default is ten times); in the app, uvicorn's 10 Hz tick and the health poll every 2 s; in Redis, its
+10 Hz housekeeping (kept: at 1 Hz a timed-out BLPOP of Redis 6.2 returns up to a second late) and serving all of
+the above. The whole app adds one `dramatiq` CLI master per worker (so that a dead worker takes nobody with it)
+and a supervisor that sleeps until a worker dies (pidfds) or a lease runs out.
 
 Baseline of the issue: idle workers polled Redis at ~21 % of a core (`dramatiq_worker_timeout=20`).
 {_page(page)}"""
