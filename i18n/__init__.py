@@ -187,14 +187,20 @@ def _has_user_storage() -> bool:
 
 # --- formatting -----------------------------------------------------------------------------------------
 
-def duration(seconds: float | None, lang: str | None = None, *, precise: bool = True) -> str:
+def duration(seconds: float | None, lang: str | None = None, *, precise: bool = True, clock: bool = False) -> str:
     """A short human duration: '850 ms', '4.2 s', '3 min 5 s', '1 h 2 min' (or in Chinese).
 
     ``precise=False`` (estimates) rounds to whole seconds below a minute and to whole minutes above.
+    ``clock=True`` (a clock that runs, told once a second): the whole seconds gone by, '0 s', '59 s', '1 min 0 s' —
+    no milliseconds that would stand still for a second, no tenths that would jump.
     """
     if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
         return '—'
     seconds = max(0.0, float(seconds))
+    if clock:
+        seconds = float(math.floor(seconds))
+        if seconds < 60:
+            return t('duration.seconds', lang, value=int(seconds))
     if not precise:
         if seconds < 60:
             return t('duration.seconds', lang, value=max(1, int(round(seconds))))

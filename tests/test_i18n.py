@@ -146,6 +146,12 @@ def test_durations(seconds: float | None, en: str, zh: str) -> None:
     assert i18n.duration(seconds, 'zh') == zh
 
 
+def test_a_running_clock_says_whole_seconds() -> None:
+    assert [i18n.duration(s, 'en', clock=True) for s in (0.147, 0.999, 4.24, 59.9, 60.2, 185.7)] == \
+        ['0 s', '0 s', '4 s', '59 s', '1 min 0 s', '3 min 5 s']
+    assert i18n.duration(3725, 'zh', clock=True) == '1 小时 2 分'
+
+
 def test_estimates_are_rounded() -> None:
     assert i18n.duration(0.2, 'en', precise=False) == '1 s'
     assert i18n.duration(14.6, 'en', precise=False) == '15 s'

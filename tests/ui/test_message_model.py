@@ -45,7 +45,7 @@ def test_running_phases_and_progress() -> None:
     assert model.phase == Text('chat.progress', {'progress': 8})
     assert model.progress == 0.08 and not model.progress_indeterminate
     assert model.icon == 'edit_note'
-    assert model.clock(NOW) == Text('chat.elapsed', {'duration': Duration(60.0)})
+    assert model.clock(NOW) == Text('chat.elapsed', {'duration': Duration(60.0, clock=True)})
     assert model.thinking_label == Text('chat.thinking_now')  # no answer yet
     model.job.phase, model.job.answer = 'generating', 'Hello'
     assert model.headline(NOW).say() == 'Writing the answer'

@@ -39,6 +39,7 @@ class Duration:
 
     seconds: float
     precise: bool = True
+    clock: bool = False  # a running clock: whole seconds (i18n.duration)
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,8 @@ class Text:
     params: dict[str, Any] = field(default_factory=dict)
 
     def say(self) -> str:
-        values = {name: i18n.duration(value.seconds, precise=value.precise) if isinstance(value, Duration)
-                  else value for name, value in self.params.items()}
+        values = {name: i18n.duration(value.seconds, precise=value.precise, clock=value.clock)
+                  if isinstance(value, Duration) else value for name, value in self.params.items()}
         return i18n.t(self.key, **values)
 
 
@@ -187,7 +188,9 @@ class MessageModel:
         if job.status == 'queued' and job.eta_seconds is not None:
             return Text('chat.eta', {'duration': Duration(job.eta_seconds, precise=False)})
         elapsed = self.elapsed(now)
-        return None if elapsed is None else Text('chat.elapsed', {'duration': Duration(elapsed)})
+        if elapsed is None:
+            return None
+        return Text('chat.elapsed', {'duration': Duration(elapsed, clock=not self.finished)})  # running: whole seconds
 
     def meta(self, now: int) -> Text | None:
         """Beside the model name once finished: how long it took."""

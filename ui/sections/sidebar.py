@@ -300,7 +300,7 @@ class HistoryItem:
         self.show_times(datetime.now(timezone.utc))
 
     def show_times(self, now: datetime) -> None:
-        self.elapsed.set_text(i18n.duration(elapsed_seconds(self.job, now)))
+        self.elapsed.set_text(i18n.duration(elapsed_seconds(self.job, now), clock=not self.job.finished))
         self.when.set_text(i18n.relative_time(moment(self.job.created_at), now=now))
 
 
