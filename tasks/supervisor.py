@@ -98,7 +98,8 @@ class WorkerPool:
     One CLI per process, not one CLI with N processes: when one of its processes dies, the dramatiq CLI stops
     the others and waits for them to drain (up to a whole job); here a dead worker takes nobody with it and is
     started again within a second or two. It sleeps until one of them dies (each worker and each CLI is watched
-    through a pidfd, on Linux: a death is seen at once) or the next lease runs out: then it looks for workers of
+    through a pidfd, on Linux: a death is seen at once) or it is time to look at the leases (when the next runs out,
+    and at least every quarter of the reap grace while any runs): then it looks for workers of
     its own that hold a lease that has run out without renewal — a process frozen (SIGSTOP, a stuck interpreter)
     can't close its LLM call itself — and kills them, so that their connections close before the reaper hands
     the job to another worker (the reaper waits ``reap_grace_ms`` after a lease ran out).
@@ -134,8 +135,9 @@ class WorkerPool:
             try:  # first: a CLI that exited with its worker is only restarted once it is known whether it had booted
                 self.release_dead()
                 if time.monotonic() >= leases_at:  # a round trip to Redis: at rest, all the pool asks of it
-                    leases_at = time.monotonic() + 1.0  # should Redis be away: again in a second
-                    leases_at = time.monotonic() + self.kill_frozen(settings.lease_ttl_ms)
+                    quarter_grace_ms = min(1000, settings.reap_grace_ms // 4)
+                    leases_at = time.monotonic() + quarter_grace_ms / 1000  # should Redis be away: again soon
+                    leases_at = time.monotonic() + self.kill_frozen(settings.lease_ttl_ms, quarter_grace_ms)
             except Exception:  # Redis away, a process gone meanwhile: next round
                 log.debug("looking for dead or frozen workers failed", exc_info=True)
             for number, slot in enumerate(self.slots):
@@ -171,7 +173,10 @@ class WorkerPool:
                 until.append(now + self.CHECK_SECONDS)
             else:
                 fds.extend(watched)
-        ready, _, _ = select.select(fds, [], [], max(0.0, min(until) - now))
+        poller = select.poll()  # not select.select: a busy app's pidfds may be numbered past 1023
+        for fd in fds:
+            poller.register(fd, select.POLLIN)
+        ready = [fd for fd, _ in poller.poll(max(0.0, min(until) - now) * 1000)]
         if self._wake_read in ready:
             os.read(self._wake_read, 1)
 
@@ -190,7 +195,8 @@ class WorkerPool:
             dead = slot.watch()
             if not dead or self.stopping.is_set():
                 continue
-            if slot.process is not None:  # the CLI would drain and exit: it has nothing left to drain
+            # Its CLI would drain and exit, with nothing left to drain; not a CLI started since (the CLI died first).
+            if slot.process is not None and slot.process is slot.owner:
                 stop(slot.process, timeout=0, first=signal.SIGKILL)
             store = sync_store()
             ids = [f"{host}:{pid}" for pid in dead]
@@ -202,7 +208,7 @@ class WorkerPool:
                 send_tickets(len(back))
                 log.warning("worker process %s died holding %d job(s): put back at once", dead, released)
 
-    def kill_frozen(self, lease_ttl_ms: int) -> float:
+    def kill_frozen(self, lease_ttl_ms: int, quarter_grace_ms: int) -> float:
         """Kill our workers that hold an expired lease; return the seconds until the next lease runs out (with
         none running, a lease's lifetime: a job admitted meanwhile can't run out sooner)."""
         from tasks.store import sync_store
@@ -210,7 +216,11 @@ class WorkerPool:
         next_ms, *expired = sync_store().scripts.read_expired()
         if expired:
             self._kill_holders(expired)
-        return (lease_ttl_ms if next_ms < 0 else next_ms + 10) / 1000  # just after it runs out, not just before
+        if next_ms < 0 and not expired:
+            return lease_ttl_ms / 1000
+        # While leases run, a look every quarter grace at least (as at most once a second before): the next expiry
+        # is not enough after a Redis outage, when the reaper may come first to a lease that ran out meanwhile.
+        return min(next_ms + 10 if next_ms >= 0 else lease_ttl_ms, quarter_grace_ms) / 1000
 
     def _kill_holders(self, expired: list[str]) -> None:
         ours = self.workers()
@@ -244,6 +254,7 @@ class _Slot:
     def __init__(self) -> None:
         self.process: subprocess.Popen | None = None
         self.workers: dict[int, psutil.Process] = {}  # the CLI's worker processes last seen alive
+        self.owner: subprocess.Popen | None = None  # the CLI they were found under
         self.started = 0.0
         self.booted = False  # its worker process had sent a heartbeat before it died (set by release_dead)
         self.delay = 0.5
@@ -259,6 +270,7 @@ class _Slot:
         if not self.workers and self.process is not None and self.process.poll() is None:
             with contextlib.suppress(psutil.Error):
                 self.workers = {child.pid: child for child in psutil.Process(self.process.pid).children()}
+                self.owner = self.process
         dead = [pid for pid, process in self.workers.items() if self._exited(pid, process)]
         for pid in dead:
             del self.workers[pid]
@@ -296,7 +308,9 @@ class _Slot:
         fd = self._pidfd(pid)
         if fd is None:
             return not _alive(process)
-        return bool(select.select([fd], [], [], 0)[0])
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def keep_running(self, pool: WorkerPool, number: int) -> None:
         now = time.monotonic()
