@@ -88,8 +88,8 @@ class Janitor(Middleware):
         # ``<queue>.msgs`` until Dramatiq's maintenance (a random 1 in 10 broker commands) hands it back, which can
         # take many seconds; the job must run again within the recovery window. The old ticket, once back, is a
         # surplus one. The jobs put back are among the missing when no such ticket counts for them.
-        if max(len(back), missing) > 0:
-            send_tickets(max(len(back), missing))
+        if (count := max(len(back), missing)) > 0:
+            send_tickets(count)
         self.discover()
 
     def discover(self) -> None:

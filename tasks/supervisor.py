@@ -220,7 +220,7 @@ class WorkerPool:
             return lease_ttl_ms / 1000
         # While leases run, a look every quarter grace at least (as at most once a second before): the next expiry
         # is not enough after a Redis outage, when the reaper may come first to a lease that ran out meanwhile.
-        return min(next_ms + 10 if next_ms >= 0 else lease_ttl_ms, quarter_grace_ms) / 1000
+        return (quarter_grace_ms if next_ms < 0 else min(next_ms + 10, quarter_grace_ms)) / 1000
 
     def _kill_holders(self, expired: list[str]) -> None:
         ours = self.workers()

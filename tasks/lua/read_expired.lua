@@ -8,6 +8,6 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', P .. 'leases', '-inf', now)) do
   out[#out + 1] = id
   out[#out + 1] = redis.call('HGET', job_key(id), 'worker') or ''
 end
-local next = redis.call('ZRANGEBYSCORE', P .. 'leases', '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
-if next[2] then out[1] = tonumber(next[2]) - now end
+local upcoming = redis.call('ZRANGEBYSCORE', P .. 'leases', '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+if upcoming[2] then out[1] = tonumber(upcoming[2]) - now end
 return out
