@@ -111,6 +111,55 @@ def exits(caplog) -> list[str]:
     return [record.getMessage() for record in caplog.records if "exited with" in record.getMessage()]
 
 
+def test_the_pool_watches_its_workers_through_descriptors_numbered_past_1023(env, caplog):
+    """An app with a thousand clients gets pidfds numbered past 1023, where ``select()`` raises: the pool's thread
+    died and no worker was ever started again (seen with 1100 connections). The pool waits with ``poll()``."""
+    spare = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]  # the clients' sockets, as far as fds go
+    assert spare[-1] > 1023  # every descriptor opened from now on is numbered past 1023: the pool's too
+    pool = WorkerPool(processes=1, threads=1, env=clean_environ(**env))
+    try:
+        with caplog.at_level(logging.WARNING, logger="queuechat.supervisor"):
+            pool.start()
+            try:
+                [first] = wait_for(lambda: list(pool.workers()), timeout=30, what="a booted worker")
+                os.kill(first, signal.SIGKILL)
+                wait_for(lambda: [pid for pid in pool.workers() if pid != first], timeout=30,
+                         what="the killed worker seen dead and started again")
+            finally:
+                pool.stop(timeout=5)
+    finally:
+        for fd in spare:
+            os.close(fd)
+    assert pool.thread.is_alive() is False and len(exits(caplog)) == 1, exits(caplog)
+
+
+# A CLI that starts a "worker" which outlives it by a second once it is killed (as a worker busy at that moment
+# may): the pool has started the next CLI by the time it sees that worker dead.
+SLOW_ORPHAN_CLI = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import os, time\\nparent = os.getppid()\\n"
+                  "while os.getppid() == parent: time.sleep(0.02)\\ntime.sleep(1)"])
+time.sleep(3600)
+"""
+
+
+def test_a_killed_clis_worker_seen_dead_after_the_restart_does_not_stop_the_new_cli(env, caplog):
+    pool = WorkerPool(processes=1, threads=1, env=clean_environ(**env))
+    pool.command = [sys.executable, "-c", SLOW_ORPHAN_CLI]
+    with caplog.at_level(logging.WARNING, logger="queuechat.supervisor"):
+        pool.start()
+        try:
+            [worker] = wait_for(lambda: list(pool.workers()), timeout=10, what="the first CLI's worker")
+            orphan = psutil.Process(worker)
+            os.kill(pool.slots[0].process.pid, signal.SIGKILL)
+            wait_for(lambda: gone(orphan), timeout=10, what="its worker to end a second later")
+            wait_for(lambda: [pid for pid in pool.workers() if pid != worker], timeout=10,
+                     what="the next CLI's worker")
+        finally:
+            pool.stop(timeout=1)
+    assert len(exits(caplog)) == 1, exits(caplog)  # the next CLI ran on: no second restart
+
+
 # --- 4. a worker frozen under main.py ---------------------------------------------------------------------
 
 def test_a_worker_frozen_under_main_py_is_killed_before_its_job_runs_elsewhere(app_factory, fake_llm):
@@ -145,6 +194,10 @@ def test_a_dramatiq_cli_killed_under_main_py_takes_its_worker_with_it_and_main_p
             worker_process.kill()
     again = booted_workers(app.pid, 2)
     assert worker not in again and master not in again.values()
+    # One restart: the CLI started in the place of the killed one is not stopped when its predecessor's worker
+    # is seen dead (it was, a moment later: a second restart).
+    restarts = [line for line in app.output().splitlines() if "exited with" in line]
+    assert len(restarts) == 1, restarts
     job = submit("still served")
     assert wait_over(job)[0]["status"] == "completed"
 
