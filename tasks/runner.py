@@ -8,7 +8,8 @@ its own host before the job is reaped, see :mod:`tasks.supervisor`).
 
 The LLM call and the lease keeper run as two tasks; whichever ends first ends the other, and both are cancelled
 and awaited on every way out — a Stop, a lost lease, our own time limit, Dramatiq's time limit or shutdown —
-so the HTTP stream to the LLM is always closed when the attempt ends.
+so the HTTP stream to the LLM is always closed when the attempt ends. The call writes the answer through a
+:class:`Writer`, whose task ends with the call's.
 """
 
 from __future__ import annotations
@@ -39,6 +40,45 @@ class LeaseLost(Exception):
     """The lease ran out (or was taken away): stop, write nothing more."""
 
 
+class Writer:
+    """An attempt's chunks into its job's stream, as they come: the first at once, and those that arrive while a
+    write is under way together in the next (one round trip, not one per token, for a worker behind its LLM).
+
+    What is not written when the answer ends goes with its end, in the finish step: an answer that arrives in one
+    piece (its tokens and its end in one read) costs one step, not two."""
+
+    def __init__(self, run: JobRun) -> None:
+        self.run = run
+        self.pending: list[str] = []  # kind, text, kind, text, ...: received, not written
+        self.task: asyncio.Task | None = None
+        self.closing = False
+
+    def add(self, kind: str, text: str) -> None:
+        if self.task is not None and self.task.done():
+            self.task.result()  # the last write failed (the lease lost, Redis gone): the attempt ends here
+        self.pending += (kind, text)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._write(), name=f"write {self.run.job_id}")
+
+    async def _write(self) -> None:
+        while self.pending and not self.closing:
+            batch, self.pending = self.pending, []
+            await self.run.append(batch)
+
+    async def close(self, *, quietly: bool = False) -> None:
+        """Let a write under way end, and start no other: what is pending is the finish step's to write."""
+        self.closing = True
+        if self.task is not None:
+            try:
+                await self.task
+            except Exception:
+                if not quietly:
+                    raise
+
+    def tasks(self) -> list[asyncio.Task]:
+        return [self.task] if self.task is not None else []
+
+
 class JobRun:
     def __init__(self, store: JobStore, admission: queue.Admission) -> None:
         self.store, self.scripts = store, store.scripts
@@ -52,6 +92,8 @@ class JobRun:
         self.answer: list[str] = []
         self.thinking: list[str] = []
         self.done: Chunk | None = None
+        self.expected = settings.expected_tokens  # tokens the answer is expected to have, for its progress
+        self.writer = Writer(self)
 
     async def run(self) -> None:
         """Run the attempt and end it the right way; a transient failure raises :class:`AttemptFailed`."""
@@ -150,17 +192,25 @@ class JobRun:
         # The admission step set the phase ('loading' or 'prompt'); the first chunk sets 'generating' (append.lua).
         # Nothing but the conversation's earlier turns is read between the admission and the request.
         messages, options = await self.prompt()
-        expected = options.max_tokens or settings.expected_tokens
+        self.expected = options.max_tokens or settings.expected_tokens
         # Not wrapped in contextlib.aclosing: tried, and a woken frozen worker then kept its HTTP stream open (the
         # frozen-worker test in tests/tasks/test_runner.py failed 4 of 4; why is not understood yet). Left to the
         # event loop's async-generator finaliser, the response is closed once this frame lets the generator go.
-        async for chunk in self.backend.client().chat(self.model, messages, options):
-            self.check_lease()
-            if chunk.kind == "done":
-                self.done = chunk
-                return "done"
-            await self.append(chunk.kind, chunk.text, expected)
-        return "done"
+        try:
+            async for chunk in self.backend.client().chat(self.model, messages, options):
+                self.check_lease()
+                if chunk.kind == "done":
+                    self.done = chunk
+                    break
+                (self.answer if chunk.kind == "token" else self.thinking).append(chunk.text)
+                self.writer.add(chunk.kind, chunk.text)
+            await self.writer.close()
+            return "done"
+        except Exception:
+            await self.writer.close(quietly=True)  # a write under way ends; the failure to tell is the LLM's
+            raise
+        finally:
+            await stop(*self.writer.tasks())  # cancelled: a write under way is cut off with the call
 
     async def prompt(self) -> tuple[list[dict], Options]:
         record = self.job.record
@@ -170,12 +220,12 @@ class JobRun:
                 Options(max_tokens=settings.suggest_max_tokens)
         return await self.store.context(record), options
 
-    async def append(self, kind: str, text: str, expected: int) -> None:
-        (self.answer if kind == "token" else self.thinking).append(text)
+    async def append(self, chunks: list[str]) -> None:
+        """Write chunks (kind, text, kind, text, ...) to the job's stream, fenced by the lease."""
         produced = len(self.answer) + len(self.thinking)
-        progress = min(95, 10 + int(85 * produced / expected))
+        progress = min(95, 10 + int(85 * produced / self.expected))
         self.check_lease()
-        if not await self.scripts.append(self.job_id, self.epoch, progress, kind, text):
+        if not await self.scripts.append(self.job_id, self.epoch, progress, *chunks):
             raise LeaseLost()
 
     async def finish(self, status: str, **fields: str) -> None:
@@ -187,8 +237,9 @@ class JobRun:
                   "prompt_tokens": done.usage.get("prompt_tokens") or "",
                   "completion_tokens": done.usage.get("completion_tokens") or "", **fields}
         phase = {"completed": "done"}.get(status, status)
+        unwritten = self.writer.pending
         try:
-            await self.scripts.finish(self.job_id, self.epoch, status, phase,
+            await self.scripts.finish(self.job_id, self.epoch, status, phase, len(unwritten) // 2, *unwritten,
                                       *[x for kv in fields.items() for x in kv])
         except RedisError as error:  # the lease runs out and the reaper ends or re-runs the job
             log.warning("job %s: could not record its end (%s)", self.job_id, error)

@@ -11,6 +11,5 @@ if f[3] ~= 'generating' or progress >= (tonumber(f[4]) or 0) + 5 then
   emit(id, 'status', snapshot(job), ARGV[3])
   changed(id)
 end
-for i = 5, #ARGV, 2 do emit(id, ARGV[i], ARGV[i + 1], ARGV[3]) end
-redis.call('HSETNX', job, 'first_token_at', now_ms())
+emit_chunks(id, job, ARGV[3], 5, (#ARGV - 4) / 2)
 return 1

@@ -169,6 +169,13 @@ local function emit(id, kind, data, epoch)
   return redis.call('XADD', stream_key(id), '*', 'k', kind, 'd', data, 'a', epoch)
 end
 
+-- Streamed chunks into the job's stream, one entry each: ``count`` (kind, text) pairs of ARGV from ``from`` on.
+-- The first chunk ever written dates the answer's first token.
+local function emit_chunks(id, job, epoch, from, count)
+  for i = from, from + 2 * count - 1, 2 do emit(id, ARGV[i], ARGV[i + 1], epoch) end
+  if count > 0 then redis.call('HSETNX', job, 'first_token_at', now_ms()) end
+end
+
 local SNAPSHOT_FIELDS = {'status', 'phase', 'progress', 'attempts', 'error', 'error_code', 'cancel', 'retry_at',
                          'done_reason', 'backend', 'priority'}
 local function snapshot(job)

@@ -36,7 +36,7 @@ def admit(scripts: queue.Scripts, cap: int = 100, rate: int = 0) -> queue.Admiss
 
 
 def finish(scripts: queue.Scripts, admission: queue.Admission, status: str = "completed") -> int:
-    return scripts.finish(admission.job_id, admission.epoch, status, "done", "answer", "x")
+    return scripts.finish(admission.job_id, admission.epoch, status, "done", 0, "answer", "x")
 
 
 def submit(label: str, priority: str = "normal", user: str = "u1") -> str:

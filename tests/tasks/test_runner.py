@@ -10,21 +10,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 
 from devtools.fake_llm import FakeLLM, Reply
 from devtools.proxy import Proxy
 from devtools.stack import Workers
 from devtools.waiting import wait_for
-from tasks import keys
+from tasks import keys, queue
 from tasks.connection import get_redis
 from tasks.runner import POLL_SECONDS, JobRun
 from tasks.settings import settings
 from tasks.store import sync_store
-from tests.helpers import (asked, echoed, public, raw, resets, slow, snapshots, submit, tokens_of, wait_over,
-                           wait_running)
+from tests.helpers import (asked, echoed, entries, public, raw, resets, slow, snapshots, submit, tokens_of,
+                           wait_over, wait_running)
 
 
 @contextlib.contextmanager
@@ -138,6 +140,53 @@ def test_a_frozen_worker_woken_after_its_job_went_elsewhere_closes_its_call_at_o
     assert (done["status"], done["attempts"], done["answer"]) == ("completed", 2, "Clean second attempt.")
     [(_, first_epoch), (second_start, _)] = resets(job)
     assert all(ms < second_start for ms, _ in tokens_of(job, first_epoch))
+
+
+# --- the answer written in as few steps as it arrives in ---------------------------------------------------------
+
+@contextlib.contextmanager
+def every_command_logged(client) -> Iterator[Callable[[], list[bytes]]]:
+    """Redis' slow log with a threshold of 0 µs: every command, with its arguments (the first 32, each cut at 128
+    bytes: enough for a step's name and its job)."""
+    saved = client.config_get("slowlog-*")
+    client.config_set("slowlog-log-slower-than", 0)
+    client.config_set("slowlog-max-len", 100_000)
+    client.slowlog_reset()
+    try:
+        yield lambda: [entry["command"] for entry in reversed(client.slowlog_get(100_000))]
+    finally:
+        for name, value in saved.items():
+            client.config_set(name, value)
+
+
+def steps_of(commands: list[bytes], step: str, job_id: str) -> list[list[bytes]]:
+    """The calls of one Lua step for one job: each call's arguments after the job id. A call refused with NOSCRIPT
+    (the script not yet in this Redis) is made again by redis-py once loaded: it is counted once."""
+    sha = hashlib.sha1(queue.source(step).encode()).hexdigest().encode()
+    marker = f" {job_id} ".encode()
+    calls = [command for command in commands if command.startswith(b"EVALSHA " + sha) and marker in command]
+    return [command.split(marker, 1)[1].split() for command in dict.fromkeys(calls)]
+
+
+def test_tokens_that_arrive_while_a_write_is_held_up_go_together_and_the_last_with_the_end(
+        env, tmp_path, redis_server, fake_llm):
+    """A worker behind its LLM writes what piled up in one step, not one step per token; what is still unwritten
+    when the answer ends goes into the stream with the end. Held up here by a pause of its link to Redis, shorter
+    than the lease: the answer (40 tokens in 0.4 s) ends meanwhile."""
+    with cut_off_pool(env, tmp_path, redis_server) as (proxy, _), every_command_logged(get_redis()) as commands:
+        job = submit(slow("held up", 40, 0.01))
+        wait_running(job, tokens=1)
+        proxy.pause()
+        assert fake_llm.wait_until(lambda: asked(fake_llm, "held up") == 1 and fake_llm.active == 0, timeout=5)
+        proxy.resume()
+        [done] = wait_over(job)
+        appends, [finish] = steps_of(commands(), "append", job), steps_of(commands(), "finish", job)
+    assert (done["status"], done["attempts"], done["answer"]) == ("completed", 1, echoed(40))
+    tokens = [e["d"] for _, e in entries(job) if e["k"] == "token"]
+    assert "".join(tokens) == echoed(40)  # each token once, in order
+    # finish: epoch, status, phase, the number of chunks it carries, ...; append: epoch, progress, kind, text, ...
+    assert finish[1:3] == [b"completed", b"done"] and int(finish[3]) >= 20, finish[:4]
+    assert sum((len(args) - 2) // 2 for args in appends) + int(finish[3]) == 40  # each token written once
 
 
 # --- the cap against a server that answers one request at a time --------------------------------------------
