@@ -8,10 +8,13 @@ outcome is checked exactly-once: every job completed, once (one ``done`` entry, 
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import time
 
 from benchmarks.common import Section, verdict
 from benchmarks.harness import Stack, ratio, summarize, table
+from devtools import figures
+from devtools.stack import Workers
 from devtools.waiting import wait_for
 from tasks import keys
 from tasks.store import sync_store
@@ -26,6 +29,20 @@ def feed(count: int, send) -> None:
         list(pool.map(send, range(count)))
 
 
+def cpu_split(stack: Stack) -> dict[str, float]:
+    """CPU seconds used so far by the worker processes, by Redis, and by this process (the submitting threads,
+    the fake LLM and the wait for the count)."""
+    workers = [process.pid for child in stack.children if isinstance(child, Workers)
+               for process in figures.tree(child.pid)]
+    return {"workers": sum(figures.cpu_seconds(pid) for pid in workers),
+            "redis": figures.cpu_seconds(stack.redis_server.process.pid), "here": figures.cpu_seconds(os.getpid())}
+
+
+def per_item(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    """CPU per job (or message) in ms, from two :func:`cpu_split` readings."""
+    return {part: 1000 * (after[part] - before[part]) / count for part in before}
+
+
 def pipeline_rate(stack: Stack, count: int, stall_s: float = 10.0) -> dict:
     """Jobs/s from the first submit until the last job is counted completed — or, when jobs stop completing for
     ``stall_s`` (the engine hang: jobs left running after their last token), until the last completion, with the
@@ -38,6 +55,7 @@ def pipeline_rate(stack: Stack, count: int, stall_s: float = 10.0) -> dict:
         ids[index] = sync_store().submit(f"[[tokens=1]] throughput {index}", user=f"bench-{index % 8}").job_id
 
     requests_before = stack.fake.hits["/api/chat"]
+    cpu_before = cpu_split(stack)
     start = time.perf_counter()
     feed(count, send)
     completed, progress_at = 0, time.perf_counter()
@@ -46,8 +64,10 @@ def pipeline_rate(stack: Stack, count: int, stall_s: float = 10.0) -> dict:
         now = int(client.hget(keys.TOTALS, "completed") or 0)
         if now > completed:
             completed, progress_at = now, time.perf_counter()
+    cpu = per_item(cpu_before, cpu_split(stack), count)
     stuck, problems = exactly_once(client, ids, stack.fake.hits["/api/chat"] - requests_before)
-    return {"rate": completed / (progress_at - start), "completed": completed, "stuck": stuck, "problems": problems}
+    return {"rate": completed / (progress_at - start), "completed": completed, "stuck": stuck, "problems": problems,
+            "cpu": cpu}
 
 
 def exactly_once(client, ids: list[str], llm_calls: int) -> tuple[int, list[str]]:
@@ -74,17 +94,19 @@ def exactly_once(client, ids: list[str], llm_calls: int) -> tuple[int, list[str]
     return stuck, problems
 
 
-def noop_rate(stack: Stack, count: int) -> float:
-    """Messages/s through the bare actor, fed the same way."""
+def noop_rate(stack: Stack, count: int) -> dict:
+    """Messages/s through the bare actor, fed the same way, and the CPU per message."""
     from benchmarks import noop_actor  # binds to this stack's Redis (REDIS_URL) when first imported
 
     client = stack.redis()
     client.delete(noop_actor.COUNTER)
+    cpu_before = cpu_split(stack)
     start = time.perf_counter()
     feed(count, lambda _: noop_actor.noop.send())
     wait_for(lambda: int(client.get(noop_actor.COUNTER) or 0) >= count, 120, f"{count} no-op messages",
              interval=0.002)
-    return count / (time.perf_counter() - start)
+    rate = count / (time.perf_counter() - start)
+    return {"rate": rate, "cpu": per_item(cpu_before, cpu_split(stack), count)}
 
 
 def measure_pipeline(stack: Stack, jobs: int, reps: int) -> list[dict]:
@@ -92,7 +114,7 @@ def measure_pipeline(stack: Stack, jobs: int, reps: int) -> list[dict]:
     return [pipeline_rate(stack, jobs) for _ in range(reps)]
 
 
-def measure_noop(stack: Stack, messages: int, reps: int) -> list[float]:
+def measure_noop(stack: Stack, messages: int, reps: int) -> list[dict]:
     noop_rate(stack, 50)
     return [noop_rate(stack, messages) for _ in range(reps)]
 
@@ -108,7 +130,23 @@ def spread(values: list[float]) -> str:
     return f"{min(values):.0f}–{max(values):.0f}"
 
 
-def section(runs: list[dict], noop: list[float], jobs: int, messages: int) -> Section:
+def cpu_table(runs: list[dict], noops: list[dict]) -> str:
+    """Median CPU per job and per no-op message, by process, and their ratio."""
+    def median(rows: list[dict], part: str) -> float:
+        return summarize([row["cpu"][part] for row in rows]).p50
+
+    names = {"workers": "worker processes", "redis": "Redis",
+             "here": "this process (submitting threads, fake LLM, the wait)"}
+    rows = [[name, f"{median(runs, part):.2f} ms", f"{median(noops, part):.2f} ms",
+             ratio(median(runs, part), median(noops, part))] for part, name in names.items()]
+    job = sum(median(runs, part) for part in names)
+    message = sum(median(noops, part) for part in names)
+    rows.append(["**all**", f"{job:.2f} ms", f"{message:.2f} ms", ratio(job, message)])
+    return table(["CPU", "per job", "per no-op message", "job ÷ message"], rows)
+
+
+def section(runs: list[dict], noops: list[dict], jobs: int, messages: int) -> Section:
+    noop = [run["rate"] for run in noops]
     pipeline = [run["rate"] for run in runs]
     p, n = summarize(pipeline), summarize(noop)
     stuck = sum(run["stuck"] for run in runs)
@@ -132,10 +170,15 @@ Exactly-once outcome checked on every measured run: each ended job `completed` w
 job — {"kept" if not problems else "**broken**: " + "; ".join(problems[:5])}. {_stuck(stuck, len(runs) * jobs)}
 Baseline of the issue: 74 jobs/s against 1081 (0.07×).
 
-A job is more than a message: the submit Lua step, the ticket, the ADMIT step, the phase write, the
-conversation read, the HTTP call to the LLM, the token append and the finish step — each a Redis round trip or
-more, plus the Python work of an asyncio actor — on 2 cores shared with the submitting threads and the fake LLM
-(this process).
+Where the CPU goes (psutil, over each measured run, medians; both sides share the 2 cores with this process):
+
+{cpu_table(runs, noops)}
+
+A job is more than a message: the submit Lua step and its ticket, the ADMIT step (which also sets the phase and
+returns the record), the HTTP call to the LLM, the token append and the finish step — each a Redis round trip,
+plus the Python work of an asyncio actor (the hand-off from Dramatiq's worker thread to the event loop and back)
+and of httpx; the fake LLM answering that call runs in this process. On 2 cores the rate is what the CPU per
+job allows: a ratio of 0.3× would need each job to cost at most 3.3 times a no-op message in all.
 """
     summary = [["b. pipeline jobs/s", "≥ 300", f"{p.p50:.0f}", "74", verdict(p.p50, TARGET_JOBS_S, at_most=False, unit=" jobs/s", digits=0)],
                ["b. pipeline ÷ bare Dramatiq", "≥ 0.3×", ratio(p.p50, n.p50), "0.068×", verdict(share, TARGET_RATIO, at_most=False, digits=2)]]

@@ -88,13 +88,18 @@ def summary(value: float) -> Summary:
     return Summary(10, value, value * 1.5, value, value * 2)
 
 
+def cpu(ms: float) -> dict[str, float]:
+    return {"workers": ms / 2, "redis": ms / 4, "here": ms / 4}
+
+
 def test_every_section_renders_from_figures():
     """Each section's text formats from figures shaped as its ``measure`` returns them."""
     sections = [
         ttft.section({"queued": summary(0.02), "direct": summary(0.004), "hops": {h: summary(0.003) for h in ttft.HOPS},
                       "reps": 10, "warmup": 1, "idle_s": 1.0}),
-        pipeline.section([{"rate": 310.0, "completed": 200, "stuck": 0, "problems": []},
-                          {"rate": 320.0, "completed": 199, "stuck": 1, "problems": []}], [1000.0, 1100.0], 200, 500),
+        pipeline.section([{"rate": 310.0, "completed": 200, "stuck": 0, "problems": [], "cpu": cpu(3.0)},
+                          {"rate": 320.0, "completed": 199, "stuck": 1, "problems": [], "cpu": cpu(3.2)}],
+                         [{"rate": 1000.0, "cpu": cpu(0.8)}, {"rate": 1100.0, "cpu": cpu(0.9)}], 200, 500),
         fanout.section({"pages": 200, "answers": 20, "tokens": 700, "window_s": 10.0, "open_s": 30.0, "idle_cpu": 1.0,
                         "watching_cpu": 10.0, "streaming_cpu": 40.0, "running": 20, "start_spread_s": 0.2,
                         "idle_rss": 100 << 20,
