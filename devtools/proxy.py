@@ -3,7 +3,9 @@
 ``with Proxy(("127.0.0.1", redis_port)) as proxy:`` — clients connect to ``proxy.port`` instead. :meth:`pause`
 is a partition: every connection stays open and nothing more is forwarded, either way, so a client notices only
 through its own timeouts; :meth:`resume` heals it (what was sent meanwhile arrives then, as TCP would deliver
-it). :meth:`drop` resets every open connection at once. The proxy runs an asyncio loop in a thread of its own.
+it). :meth:`drop` resets every open connection at once. ``delay`` makes it a slow link: every byte arrives that
+many seconds late, either way, in order (a Redis across a network). The proxy runs an asyncio loop in a thread of
+its own.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -18,8 +21,8 @@ T = TypeVar("T")
 
 
 class Proxy:
-    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1", port: int = 0) -> None:
-        self.target, self.host, self.port = target, host, port
+    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1", port: int = 0, delay: float = 0.0) -> None:
+        self.target, self.host, self.port, self.delay = target, host, port, delay
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="tcp-proxy", daemon=True)
         self.pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
@@ -101,10 +104,21 @@ class Proxy:
             self.pairs.discard(pair)
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Forward one direction until either side closes; then close the other side too."""
-        with contextlib.suppress(OSError):
-            while data := await reader.read(65536):
+        """Forward one direction until either side closes (each piece ``delay`` late); then close the other side."""
+        late: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+        async def send() -> None:
+            while data := (item := await late.get())[1]:
+                await asyncio.sleep(item[0] - time.monotonic())
                 await self.flowing.wait()
                 writer.write(data)
                 await writer.drain()
+
+        sender = asyncio.ensure_future(send())
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                late.put_nowait((time.monotonic() + self.delay, data))
+        late.put_nowait((0.0, b""))
+        with contextlib.suppress(OSError):
+            await sender
         writer.transport.abort()

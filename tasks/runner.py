@@ -44,29 +44,37 @@ class Writer:
     """An attempt's chunks into its job's stream, as they come: the first at once, and those that arrive while a
     write is under way together in the next (one round trip, not one per token, for a worker behind its LLM).
 
-    What is not written when the answer ends goes with its end, in the finish step: an answer that arrives in one
-    piece (its tokens and its end in one read) costs one step, not two."""
+    What is not known to be written when the answer ends goes with its end, in the finish step: an answer that
+    arrives in one piece (its tokens and its end in one read) costs one step, not two. Chunks are numbered within
+    the attempt and Redis skips those it has (``emit_chunks`` in the prelude), so a write cut off by a Stop — sent
+    or not — leaves no hole and no double: its chunks go again with the next write or the end."""
 
     def __init__(self, run: JobRun) -> None:
         self.run = run
-        self.pending: list[str] = []  # kind, text, kind, text, ...: received, not written
+        self.chunks: list[str] = []  # kind, text, kind, text, ...: every chunk of the attempt so far
+        self.written = 0  # how many of them Redis has confirmed
         self.task: asyncio.Task | None = None
         self.closing = False
 
     def add(self, kind: str, text: str) -> None:
         if self.task is not None and self.task.done():
             self.task.result()  # the last write failed (the lease lost, Redis gone): the attempt ends here
-        self.pending += (kind, text)
+        self.chunks += (kind, text)
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._write(), name=f"write {self.run.job_id}")
 
+    def unwritten(self) -> tuple[int, list[str]]:
+        """The number of the first chunk not confirmed, and the chunks from there on."""
+        return self.written, self.chunks[2 * self.written:]
+
     async def _write(self) -> None:
-        while self.pending and not self.closing:
-            batch, self.pending = self.pending, []
-            await self.run.append(batch)
+        while not self.closing and (batch := self.unwritten())[1]:
+            first, chunks = batch
+            await self.run.append(first, chunks)
+            self.written = first + len(chunks) // 2
 
     async def close(self, *, quietly: bool = False) -> None:
-        """Let a write under way end, and start no other: what is pending is the finish step's to write."""
+        """Let a write under way end, and start no other: what is unwritten is the finish step's to write."""
         self.closing = True
         if self.task is not None:
             try:
@@ -220,12 +228,13 @@ class JobRun:
                 Options(max_tokens=settings.suggest_max_tokens)
         return await self.store.context(record), options
 
-    async def append(self, chunks: list[str]) -> None:
-        """Write chunks (kind, text, kind, text, ...) to the job's stream, fenced by the lease."""
+    async def append(self, first: int, chunks: list[str]) -> None:
+        """Write chunks (kind, text, kind, text, ...; the first numbered ``first``) to the job's stream, fenced by
+        the lease."""
         produced = len(self.answer) + len(self.thinking)
         progress = min(95, 10 + int(85 * produced / self.expected))
         self.check_lease()
-        if not await self.scripts.append(self.job_id, self.epoch, progress, *chunks):
+        if not await self.scripts.append(self.job_id, self.epoch, progress, first, *chunks):
             raise LeaseLost()
 
     async def finish(self, status: str, **fields: str) -> None:
@@ -237,9 +246,9 @@ class JobRun:
                   "prompt_tokens": done.usage.get("prompt_tokens") or "",
                   "completion_tokens": done.usage.get("completion_tokens") or "", **fields}
         phase = {"completed": "done"}.get(status, status)
-        unwritten = self.writer.pending
+        first, unwritten = self.writer.unwritten()
         try:
-            await self.scripts.finish(self.job_id, self.epoch, status, phase, len(unwritten) // 2, *unwritten,
+            await self.scripts.finish(self.job_id, self.epoch, status, phase, first, len(unwritten) // 2, *unwritten,
                                       *[x for kv in fields.items() for x in kv])
         except RedisError as error:  # the lease runs out and the reaper ends or re-runs the job
             log.warning("job %s: could not record its end (%s)", self.job_id, error)

@@ -103,7 +103,7 @@ end
 redis.call('HSET', job, 'status', 'running', 'phase', best.cold and 'loading' or 'prompt', 'progress', 8, 'cancel', 0,
            'worker', ARGV[2],
            'backend', best.backend, 'run_model', best.model, 'attempt_started_at', now)
-redis.call('HDEL', job, 'retry_at', 'first_token_at')
+redis.call('HDEL', job, 'retry_at', 'first_token_at', 'written')
 redis.call('HSETNX', job, 'started_at', now)
 emit(id, 'reset', '', epoch)
 emit(id, 'status', snapshot(job), epoch)

@@ -1,5 +1,6 @@
--- Append streamed chunks of a running job. ARGV: cfg, id, epoch, progress, kind, text, kind, text, ...
--- (kind: token | think). Fenced by the epoch: a worker that lost its lease writes nothing. Returns 1 or 0.
+-- Append streamed chunks of a running job. ARGV: cfg, id, epoch, progress, first, kind, text, kind, text, ...
+-- (kind: token | think; first: the number of the first chunk within the attempt, from 0: see emit_chunks).
+-- Fenced by the epoch: a worker that lost its lease writes nothing. Returns 1 or 0.
 -- The first chunk moves the job to 'generating', and the progress is told (a status entry) every 5 points: the
 -- worker needs no round trip of its own for either.
 local id, job = ARGV[2], job_key(ARGV[2])
@@ -11,5 +12,5 @@ if f[3] ~= 'generating' or progress >= (tonumber(f[4]) or 0) + 5 then
   emit(id, 'status', snapshot(job), ARGV[3])
   changed(id)
 end
-emit_chunks(id, job, ARGV[3], 5, (#ARGV - 4) / 2)
+emit_chunks(id, job, ARGV[3], tonumber(ARGV[5]), 6, (#ARGV - 5) / 2)
 return 1

@@ -169,11 +169,17 @@ local function emit(id, kind, data, epoch)
   return redis.call('XADD', stream_key(id), '*', 'k', kind, 'd', data, 'a', epoch)
 end
 
--- Streamed chunks into the job's stream, one entry each: ``count`` (kind, text) pairs of ARGV from ``from`` on.
--- The first chunk ever written dates the answer's first token.
-local function emit_chunks(id, job, epoch, from, count)
-  for i = from, from + 2 * count - 1, 2 do emit(id, ARGV[i], ARGV[i + 1], epoch) end
-  if count > 0 then redis.call('HSETNX', job, 'first_token_at', now_ms()) end
+-- Streamed chunks into the job's stream, one entry each: ``count`` (kind, text) pairs of ARGV from ``from`` on,
+-- numbered from ``first`` within the attempt. ``written`` (the record) counts the attempt's chunks in the stream:
+-- a chunk sent again is not written again — a write the worker gave up on may have arrived after all (a Stop
+-- cut it off after it was sent; redis-py sent it again after a timeout), and its chunks come again with the next.
+-- The first chunk written dates the answer's first token.
+local function emit_chunks(id, job, epoch, first, from, count)
+  local written = tonumber(redis.call('HGET', job, 'written')) or 0
+  if first + count <= written then return end
+  for k = math.max(0, written - first), count - 1 do emit(id, ARGV[from + 2 * k], ARGV[from + 2 * k + 1], epoch) end
+  redis.call('HSET', job, 'written', first + count)
+  redis.call('HSETNX', job, 'first_token_at', now_ms())
 end
 
 local SNAPSHOT_FIELDS = {'status', 'phase', 'progress', 'attempts', 'error', 'error_code', 'cancel', 'retry_at',

@@ -151,7 +151,7 @@ def test_usage_per_identity_counts_ended_jobs_and_their_waits(store):
     for user in ("a", "a", "b"):
         submit(store, user)
         admission = queue.Admission.parse(store.scripts.admit("w"))
-        store.scripts.finish(admission.job_id, admission.epoch, "completed", "done", 0, "completion_tokens", "7")
+        store.scripts.finish(admission.job_id, admission.epoch, "completed", "done", 0, 0, "completion_tokens", "7")
     rows = {row["user"]: row for row in store.usage()}
     assert (rows["a"]["jobs"], rows["a"]["tokens"], rows["b"]["jobs"]) == (2, 14, 1)
     assert rows["a"]["wait_p50_ms"] is not None

@@ -36,7 +36,7 @@ def admit(scripts: queue.Scripts, cap: int = 100, rate: int = 0) -> queue.Admiss
 
 
 def finish(scripts: queue.Scripts, admission: queue.Admission, status: str = "completed") -> int:
-    return scripts.finish(admission.job_id, admission.epoch, status, "done", 0, "answer", "x")
+    return scripts.finish(admission.job_id, admission.epoch, status, "done", 0, 0, "answer", "x")
 
 
 def submit(label: str, priority: str = "normal", user: str = "u1") -> str:
@@ -327,7 +327,7 @@ def test_a_job_ends_once_and_a_stale_worker_cannot_write_to_it(store, scripts):
     client = get_redis()
     job_id = submit("contested")
     first = admit(scripts)
-    assert scripts.append(job_id, first.epoch, 11, "token", "old ") == 1
+    assert scripts.append(job_id, first.epoch, 11, 0, "token", "old ") == 1
 
     # The first worker stops renewing its lease: the reaper puts the job back with a new epoch.
     client.zadd(keys.LEASES, {job_id: 0})
@@ -339,10 +339,10 @@ def test_a_job_ends_once_and_a_stale_worker_cannot_write_to_it(store, scripts):
     assert record(job_id)["attempts"] == "2"
 
     # The stale worker wakes up: none of its writes land.
-    assert scripts.append(job_id, first.epoch, 12, "token", "stale ") == 0
+    assert scripts.append(job_id, first.epoch, 12, 1, "token", "stale ") == 0
     assert scripts.heartbeat(job_id, first.epoch) == [0, 0]
     assert finish(scripts, first, "failed") == 0
-    assert scripts.append(job_id, second.epoch, 12, "token", "new") == 1
+    assert scripts.append(job_id, second.epoch, 12, 0, "token", "new") == 1
     assert finish(scripts, second) == 1
     assert finish(scripts, second, "failed") == 0  # a second end is refused
     assert store.cancel(job_id) == "final"
@@ -413,7 +413,7 @@ def test_a_reaped_job_that_used_its_attempts_fails_instead_of_looping(store, scr
 def test_a_reaped_job_with_a_pending_stop_ends_cancelled_with_what_was_streamed(store, scripts):
     job_id = submit("stop me")
     running = admit(scripts)
-    assert scripts.append(job_id, running.epoch, 20, "token", "seen ", "token", "so far") == 1
+    assert scripts.append(job_id, running.epoch, 20, 0, "token", "seen ", "token", "so far") == 1
     assert store.cancel(job_id) == "cancelling"
     get_redis().zadd(keys.LEASES, {job_id: 0})  # its worker is cut off: nobody ends it but the reaper
     assert scripts.reap() == [[], [job_id]]
@@ -421,12 +421,34 @@ def test_a_reaped_job_with_a_pending_stop_ends_cancelled_with_what_was_streamed(
     assert (job["status"], job["answer"]) == ("cancelled", "seen so far")
 
 
+def test_chunks_are_numbered_within_an_attempt_and_one_sent_again_is_written_once(store, scripts):
+    job_id = submit("numbered")
+    first = admit(scripts)
+    assert scripts.append(job_id, first.epoch, 10, 0, "token", "a", "token", "b") == 1
+    assert scripts.append(job_id, first.epoch, 10, 0, "token", "a", "token", "b") == 1  # sent again: a timeout
+    assert scripts.append(job_id, first.epoch, 11, 1, "token", "b", "token", "c") == 1  # half of it known
+    # The end carries what the worker could not confirm: written only from where the stream is.
+    assert scripts.finish(job_id, first.epoch, "failed", "failed", 2, 2, "token", "c", "token", "d") == 1
+    assert [e["d"] for _, e in store.stream(job_id) if e["k"] == "token"] == ["a", "b", "c", "d"]
+
+    # A new attempt numbers from 0 again.
+    job_id = submit("again")
+    running = admit(scripts)
+    scripts.append(job_id, running.epoch, 10, 0, "token", "x")
+    get_redis().zadd(keys.LEASES, {job_id: 0})
+    scripts.reap()
+    second = admit(scripts)
+    assert scripts.append(job_id, second.epoch, 10, 0, "token", "y") == 1
+    assert [(e["a"], e["d"]) for _, e in store.stream(job_id) if e["k"] == "token"] == [
+        (str(running.epoch), "x"), (str(second.epoch), "y")]
+
+
 def test_stream_status_entries_carry_json_snapshots(store, scripts):
     job_id = submit("hello")
     running = admit(scripts)
-    assert scripts.append(job_id, running.epoch, 10, "token", "a") == 1   # the first chunk: generating
-    assert scripts.append(job_id, running.epoch, 14, "token", "b") == 1   # progress told every 5 points
-    assert scripts.append(job_id, running.epoch, 15, "token", "c") == 1
+    assert scripts.append(job_id, running.epoch, 10, 0, "token", "a") == 1   # the first chunk: generating
+    assert scripts.append(job_id, running.epoch, 14, 1, "token", "b") == 1   # progress told every 5 points
+    assert scripts.append(job_id, running.epoch, 15, 2, "token", "c") == 1
     snapshots = [(e["a"], json.loads(e["d"])) for _, e in store.stream(job_id) if e["k"] == "status"]
     assert [(a, s["phase"], s["progress"]) for a, s in snapshots] == [
         ("0", "queued", 0), ("1", "prompt", 8), ("1", "generating", 10), ("1", "generating", 15)]
@@ -435,7 +457,7 @@ def test_stream_status_entries_carry_json_snapshots(store, scripts):
 def test_a_live_job_reads_with_its_answer_so_far_and_only_its_owner_reads_it(store, scripts):
     job_id = submit("hello", user="alice")
     running = admit(scripts)
-    scripts.append(job_id, running.epoch, 20, "think", "hmm", "token", "Hel", "token", "lo")
+    scripts.append(job_id, running.epoch, 20, 0, "think", "hmm", "token", "Hel", "token", "lo")
     job = store.job(job_id, user="alice")
     assert (job.status, job.answer, job.thinking) == ("running", "Hello", "hmm")
     assert store.job(job_id, user="bob") is None

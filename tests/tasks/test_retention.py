@@ -48,7 +48,7 @@ def test_hundreds_of_submit_and_cancel_cycles_leave_nothing_once_retention_passe
         first = first or submitted.job_id
         if i % 3 == 0:  # some start and end like a real answer, the rest are cancelled while waiting
             admission = queue.Admission.parse(store.scripts.admit("w"))
-            store.scripts.finish(admission.job_id, admission.epoch, "completed", "done", 0, "answer", "y" * 2000)
+            store.scripts.finish(admission.job_id, admission.epoch, "completed", "done", 0, 0, "answer", "y" * 2000)
         else:
             assert store.cancel(submitted.job_id) == "cancelled"
     grown = server_memory(r) - server_before

@@ -86,7 +86,7 @@ def test_an_unreachable_server_is_skipped_until_its_cool_down_ends(store, r):
     r.hset("qc:backend:other", "down_until", 0)  # cool-down over: one job may try it (half-open)
     probe = admit(store)
     assert probe.backend == "other" and admit(store).outcome in ("busy", "wait")
-    store.scripts.finish(probe.job_id, probe.epoch, "completed", "done", 0, "answer", "ok")
+    store.scripts.finish(probe.job_id, probe.epoch, "completed", "done", 0, 0, "answer", "ok")
     assert r.hget("qc:backend:other", "state") == "up"
 
 
@@ -151,7 +151,7 @@ def test_a_failed_health_check_of_a_server_busy_with_our_calls_does_not_mark_it_
     store.scripts.backend_seen("other", "1", "", "", "")
     assert store.scripts.backend_seen("other", "0", "", "", "") == ["up", "up"]
     assert r.hget("qc:backend:other", "state") == "up"
-    store.scripts.finish(running.job_id, running.epoch, "completed", "done", 0, "answer", "ok")
+    store.scripts.finish(running.job_id, running.epoch, "completed", "done", 0, 0, "answer", "ok")
     assert store.scripts.backend_seen("other", "0", "", "", "") == ["down", "up"]  # idle and not answering: down
 
 
