@@ -40,6 +40,15 @@ class LeaseLost(Exception):
     """The lease ran out (or was taken away): stop, write nothing more."""
 
 
+def failure_of(error: Exception) -> LLMError:
+    """What ended an attempt, as the queue acts on it: the LLM call's failures (``classify``), and Redis gone
+    mid-answer (restarting, a network cut) — ours, not the LLM's, and no surprise: it is named, not traced back."""
+    if isinstance(error, RedisError):
+        return TransientLLMError(f"The queue lost its connection to Redis in the middle of the answer "
+                                 f"({type(error).__name__}).", "queue_lost")
+    return classify(error)
+
+
 class Writer:
     """An attempt's chunks into its job's stream, as they come: the first at once, and those that arrive while a
     write is under way together in the next (one round trip, not one per token, for a worker behind its LLM).
@@ -119,7 +128,7 @@ class JobRun:
         except PermanentLLMError as error:
             await self.finish("failed", error=str(error), error_code=error.code)
         except Exception as error:  # every other failure counts as an attempt, whatever it is
-            failure = await self.server_gone(classify(error))
+            failure = await self.server_gone(failure_of(error))
             if not isinstance(failure, TransientLLMError):
                 await self.finish("failed", error=str(failure), error_code=failure.code)
                 return

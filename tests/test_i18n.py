@@ -81,14 +81,15 @@ def test_keys_built_at_run_time_exist_for_every_value() -> None:
 
 
 def llm_error_codes() -> list[str]:
-    """Every error code a failed job can carry: the LLM clients' errors (tasks/llm/), the Lua steps' own
-    ('worker_lost', 'unknown_model') and the worker's time limit."""
-    source = "".join(path.read_text() for path in (ROOT / 'tasks' / 'llm').glob('*.py'))
-    codes = set(re.findall(r'"((?:llm|model)_[a-z_]+)"\)', source)) - {'llm_error'}
+    """Every error code a failed job can carry: the LLM clients' errors (tasks/llm/), the runner's own
+    ('queue_lost'), the Lua steps' ('worker_lost', 'unknown_model') and the worker's time limit."""
+    sources = [*(ROOT / 'tasks' / 'llm').glob('*.py'), ROOT / 'tasks' / 'runner.py']
+    source = "".join(path.read_text() for path in sources)
+    codes = set(re.findall(r'"((?:llm|model|queue)_[a-z_]+)"\)', source)) - {'llm_error'}
     lua = "".join(path.read_text() for path in (ROOT / 'tasks' / 'lua').glob('*.lua'))
     # A code has two words at least: the prelude's list of fields names 'error_code' beside 'cancel', no code.
     codes |= set(re.findall(r"'error_code', '([a-z]+_[a-z_]+)'", lua))
-    assert {'llm_unreachable', 'model_missing', 'llm_busy', 'worker_lost', 'unknown_model'} <= codes
+    assert {'llm_unreachable', 'model_missing', 'llm_busy', 'queue_lost', 'worker_lost', 'unknown_model'} <= codes
     return sorted(codes | {'time_limit'})
 
 

@@ -144,6 +144,26 @@ def test_a_frozen_worker_woken_after_its_job_went_elsewhere_closes_its_call_at_o
     assert all(ms < second_start for ms, _ in tokens_of(job, first_epoch))
 
 
+# --- Redis gone mid-answer ---------------------------------------------------------------------------------------
+
+def test_redis_gone_mid_answer_is_named_for_what_it_is_and_the_answer_runs_again(pools, redis_server, fake_llm):
+    """The queue's trouble, not the LLM's, and no surprise: one warning line names it (it was logged as an ERROR
+    with a traceback, 'unexpected failure of the LLM call'), and the answer runs again, whole, once."""
+    pool = pools(processes=1)
+    job = submit(slow("redis gone", 60, 0.02))
+    wait_running(job, tokens=5)
+    redis_server.stop()
+    try:
+        time.sleep(1.5)  # longer than redis-py's retries of a command (~0.4 s): the next token's write fails
+    finally:
+        redis_server.start()
+    [done] = wait_over(job, timeout=60)
+    assert (done["status"], done["attempts"], done["answer"]) == ("completed", 2, echoed(60))
+    log = pool.output()
+    assert "The queue lost its connection to Redis in the middle of the answer (ConnectionError)" in log, log[-3000:]
+    assert "unexpected failure of the LLM call" not in log, log[-3000:]  # (Dramatiq's own re-send logs its own)
+
+
 # --- the answer written in as few steps as it arrives in ---------------------------------------------------------
 
 @contextlib.contextmanager
