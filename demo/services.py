@@ -77,12 +77,14 @@ def start_fake_llm(workdir: Path, stack: contextlib.ExitStack, say: Say, pace: f
     return url, llm
 
 
-def start_app(workdir: Path, llm_url: str, offline: bool, stack: contextlib.ExitStack, say: Say) -> str:
+def start_app(workdir: Path, llm_url: str, offline: bool, stack: contextlib.ExitStack, say: Say,
+              pace: float = 1.0) -> str:
     """``main.py`` with its embedded Redis and workers, private to this run; returns its URL once it is healthy.
 
     One LLM call at a time and no start-rate limit: a handful of messages then makes a queue whose positions
-    are visible. The first retry waits 3–6 s, long enough to be seen. Every setting the tour relies on is set
-    here, whatever the environment or .env says.
+    are visible. The first retry waits 3–6 s, long enough to be seen (``pace`` times shorter, down to 1–2 s, when
+    the answers are played faster). Every setting the tour relies on is set here, whatever the environment or
+    .env says.
     """
     data = workdir / "data"
     env = clean_environ(
@@ -90,8 +92,8 @@ def start_app(workdir: Path, llm_url: str, offline: bool, stack: contextlib.Exit
         DATA_DIR=str(data), NICEGUI_STORAGE_PATH=str(data / "sessions"), HOST="127.0.0.1",
         OLLAMA_HOST=llm_url, STORAGE_SECRET=secrets.token_hex(16),
         QUEUE_CONCURRENCY="1", QUEUE_RATE_PER_MIN="0", API_RATE_PER_MIN="0",
-        WORKER_PROCESSES="1", WORKER_THREADS="4", QUEUE_MAX_RETRIES="3", RETRY_MIN_BACKOFF_MS="3000",
-        RETRY_MAX_BACKOFF_MS="6000")
+        WORKER_PROCESSES="1", WORKER_THREADS="4", QUEUE_MAX_RETRIES="3",
+        RETRY_MIN_BACKOFF_MS=str(round(max(1000, 3000 / pace))), RETRY_MAX_BACKOFF_MS=str(round(max(2000, 6000 / pace))))
     if offline:  # the fake's model, a progress bar sized for its shorter answers, and patience with held ones
         env.update(OLLAMA_MODEL=OFFLINE_MODEL, EXPECTED_TOKENS="150", LLM_IDLE_TIMEOUT="600",
                    LLM_FIRST_TOKEN_TIMEOUT="120")

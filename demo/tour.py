@@ -95,7 +95,7 @@ def run(args: argparse.Namespace, workdir: Path, stack: contextlib.ExitStack, sa
         llm_url, llm = start_fake_llm(workdir, stack, say, args.pace)
     else:
         llm_url, llm = ollama_host(), None
-    app_url = start_app(workdir, llm_url, args.offline, stack, say)
+    app_url = start_app(workdir, llm_url, args.offline, stack, say, args.pace if args.offline else 1.0)
     if llm:  # at cleanup stop it before the app: the answers it holds end, and the workers need not wait for them
         stack.callback(stop, llm, say)
     browser = start_browser(stack, say)
