@@ -79,9 +79,12 @@ async def admit_or_wait(store) -> queue.Admission | None:
                     return None  # a surplus ticket: this process has its standby already
                 standby = _standby["waiting"] = True
                 _standby["sent_at"] = float("-inf")
-            if time.monotonic() > deadline:
-                _standby["waiting"], standby = False, False  # the ticket sent now takes over
-                await keep_standby()
+            if time.monotonic() > deadline:  # a fresh ticket takes over
+                if standby:  # the process's standby: its next one
+                    _standby["waiting"], standby = False, False
+                    await keep_standby()
+                else:  # waiting for a slot (or a pause) for its own job: not the standby's one-per-process rule
+                    await asyncio.to_thread(send_tickets, 1)
                 return None
             wait = block_seconds()
             if admission.outcome == "wait":
