@@ -379,6 +379,18 @@ def test_the_beat_is_a_heartbeat_and_the_count_of_missing_tickets(store, scripts
     assert scripts.beat("host:1", tickets, delayed) == [[], [], 3]
 
 
+def test_tickets_running_jobs_are_not_counted_as_free_for_the_waiting_ones(store, scripts, r):
+    tickets, delayed = f"{NAMESPACE}:{QUEUE_NAME}.msgs", f"{NAMESPACE}:{QUEUE_NAME}.DQ.msgs"
+    for i in range(2):
+        submit(f"running {i}")
+        assert admit(scripts).outcome == "ok"
+    for i in range(3):
+        submit(f"waiting {i}")
+    r.delete(tickets)
+    r.hset(tickets, mapping={"ticket-1": "…", "ticket-2": "…"})  # the running jobs' tickets: the others were lost
+    assert scripts.beat("host:1", tickets, delayed) == [[], [], 3]  # it said 1: the rest waited for a job to end
+
+
 def test_the_beat_reaps_too(store, scripts, r):
     tickets, delayed = f"{NAMESPACE}:{QUEUE_NAME}.msgs", f"{NAMESPACE}:{QUEUE_NAME}.DQ.msgs"
     job_id = submit("held by the dead")  # its ticket still counts
