@@ -93,7 +93,8 @@ def start_app(workdir: Path, llm_url: str, offline: bool, stack: contextlib.Exit
         OLLAMA_HOST=llm_url, STORAGE_SECRET=secrets.token_hex(16),
         QUEUE_CONCURRENCY="1", QUEUE_RATE_PER_MIN="0", API_RATE_PER_MIN="0",
         WORKER_PROCESSES="1", WORKER_THREADS="4", QUEUE_MAX_RETRIES="3",
-        RETRY_MIN_BACKOFF_MS=str(round(max(1000, 3000 / pace))), RETRY_MAX_BACKOFF_MS=str(round(max(2000, 6000 / pace))))
+        RETRY_MIN_BACKOFF_MS=str(round(max(1000, 3000 / pace))),
+        RETRY_MAX_BACKOFF_MS=str(round(max(2000, 6000 / pace))))
     if offline:  # the fake's model, a progress bar sized for its shorter answers, and patience with held ones
         env.update(OLLAMA_MODEL=OFFLINE_MODEL, EXPECTED_TOKENS="150", LLM_IDLE_TIMEOUT="600",
                    LLM_FIRST_TOKEN_TIMEOUT="120")

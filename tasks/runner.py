@@ -72,6 +72,10 @@ class Writer:
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._write(), name=f"write {self.run.job_id}")
 
+    def text(self, kind: str) -> str:
+        """What the attempt received of one kind ('token': the answer, 'think': its thinking)."""
+        return "".join(self.chunks[i + 1] for i in range(0, len(self.chunks), 2) if self.chunks[i] == kind)
+
     def unwritten(self) -> tuple[int, list[str]]:
         """The number of the first chunk not confirmed, and the chunks from there on."""
         return self.written, self.chunks[2 * self.written:]
@@ -106,8 +110,6 @@ class JobRun:
         # Stop a little before the lease would run out in Redis: renewals are dated by when they were sent.
         self.margin = min(1.0, self.lease_seconds / 4)
         self.deadline = time.monotonic() + self.lease_seconds - self.margin
-        self.answer: list[str] = []
-        self.thinking: list[str] = []
         self.done: Chunk | None = None
         self.expected = settings.expected_tokens  # tokens the answer is expected to have, for its progress
         self.writer = Writer(self)
@@ -219,7 +221,6 @@ class JobRun:
                 if chunk.kind == "done":
                     self.done = chunk
                     break
-                (self.answer if chunk.kind == "token" else self.thinking).append(chunk.text)
                 self.writer.add(chunk.kind, chunk.text)
             await self.writer.close()
             return "done"
@@ -240,18 +241,18 @@ class JobRun:
     async def append(self, first: int, chunks: list[str]) -> None:
         """Write chunks (kind, text, kind, text, ...; the first numbered ``first``) to the job's stream, fenced by
         the lease."""
-        produced = len(self.answer) + len(self.thinking)
+        produced = len(self.writer.chunks) // 2
         progress = min(95, 10 + int(85 * produced / self.expected))
         self.check_lease()
         if not await self.scripts.append(self.job_id, self.epoch, progress, first, *chunks):
             raise LeaseLost()
 
     async def finish(self, status: str, **fields: str) -> None:
-        answer = "".join(self.answer)
+        answer = self.writer.text("token")
         if self.job.kind == "suggest":
             answer = suggestions.clean(answer, self.job.lang)
         done = self.done or Chunk("done", reason="")
-        fields = {"answer": answer, "thinking": "".join(self.thinking), "done_reason": done.reason,
+        fields = {"answer": answer, "thinking": self.writer.text("think"), "done_reason": done.reason,
                   "prompt_tokens": done.usage.get("prompt_tokens") or "",
                   "completion_tokens": done.usage.get("completion_tokens") or "", **fields}
         phase = {"completed": "done"}.get(status, status)
