@@ -92,14 +92,14 @@ def _isolated(request, monkeypatch) -> Iterator[None]:
     """Each test that uses Redis starts from an empty database and default test settings."""
     original = settings.model_copy()
     env = {**TEST_ENV}
+    if "fake_llm" in request.fixturenames or "env" in request.fixturenames:
+        fake = request.getfixturevalue("fake_llm")
+        fake.reset()  # before the flush: what a check finds from now on belongs to this test
+        env["OLLAMA_HOST"] = fake.url
     if "redis_server" in request.fixturenames or "env" in request.fixturenames:
         server = request.getfixturevalue("redis_server")
         env["REDIS_URL"] = server.url
         redis.Redis.from_url(server.url).flushall()
-    if "fake_llm" in request.fixturenames or "env" in request.fixturenames:
-        fake = request.getfixturevalue("fake_llm")
-        fake.reset()
-        env["OLLAMA_HOST"] = fake.url
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     apply_settings(env)

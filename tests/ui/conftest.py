@@ -7,6 +7,7 @@ its LLM call ended, so that the next test starts on an empty line. ``keys`` make
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -56,13 +57,16 @@ def redis_ms(r: redis.Redis) -> int:
     return seconds * 1000 + micros // 1000
 
 
-def discovered(app: App, r: redis.Redis) -> None:
-    """Wait until the LLM server was checked since the test's flush (the models it serves are known; before that
-    any model is accepted) and the app has read what the check found: the doors list models from the app's copy,
-    refreshed every ~2 s, which can still be the empty one it read just after the flush."""
-    wait_for(lambda: r.hget("qc:backend:ollama", "models"), timeout=15, what="the LLM server's models")
-    wait_for(lambda: httpx.get(app.url + "/api/models", timeout=5).json()["models"], timeout=15,
-             what="the app's copy of the models")
+def discovered(app: App, r: redis.Redis, fake: FakeLLM) -> None:
+    """Wait until the LLM server's models, as a check since the test's flush found them, are in Redis and in the
+    app's copy (the doors list models from it; refreshed every ~2 s). Equal, not just there: a check that read
+    the server during the previous test (the session's workers keep checking between tests) can write its
+    finding after this test's flush."""
+    served = sorted(fake.models)
+    wait_for(lambda: json.loads(r.hget("qc:backend:ollama", "models") or "[]") == served, timeout=15,
+             what=f"the LLM server's models {served}")
+    wait_for(lambda: sorted(httpx.get(app.url + "/api/models", timeout=5).json()["servers"]) == served,
+             timeout=15, what="the app's copy of the models")
 
 
 def job(r: redis.Redis, job_id: str) -> dict:

@@ -49,15 +49,15 @@ def test_generate_with_a_system_prompt_and_num_predict_cuts_with_done_reason_len
 
 
 def test_list_ps_and_version(app, keys, fake_llm, r):
-    discovered(app, r)
+    discovered(app, r, fake_llm)
     caller = ollama_client(app, keys("alice"))
     assert [m.model for m in caller.list().models] == ["llama3.2:latest", "qwen3:latest"]
     assert caller.ps().models is not None
     assert httpx.get(app.url + "/ollama/api/version").json()["version"]
 
 
-def test_errors_reach_the_client_with_their_status_and_reason(app, keys, r):
-    discovered(app, r)
+def test_errors_reach_the_client_with_their_status_and_reason(app, keys, fake_llm, r):
+    discovered(app, r, fake_llm)
     with pytest.raises(ollama.ResponseError) as bad:
         ollama_client(app, "qc_nope").chat(model=MODEL, messages=[{"role": "user", "content": "hi"}])
     assert bad.value.status_code == 401 and "not valid" in bad.value.error

@@ -67,14 +67,14 @@ def test_max_tokens_cuts_the_answer_with_finish_reason_length(app, keys, fake_ll
     assert fake_llm.requests[-1]["options"]["num_predict"] == 2
 
 
-def test_models_list_is_what_the_llm_server_offers(app, keys, r):
-    discovered(app, r)
+def test_models_list_is_what_the_llm_server_offers(app, keys, fake_llm, r):
+    discovered(app, r, fake_llm)
     models = openai_client(app, keys("alice")).models.list()
     assert [m.id for m in models.data] == ["llama3.2:latest", "qwen3:latest"]
 
 
-def test_a_bad_or_revoked_key_is_an_authentication_error(app, keys, r):
-    discovered(app, r)
+def test_a_bad_or_revoked_key_is_an_authentication_error(app, keys, fake_llm, r):
+    discovered(app, r, fake_llm)
     with pytest.raises(openai.AuthenticationError) as bad:
         openai_client(app, "qc_" + "x" * 43).models.list()
     assert bad.value.status_code == 401 and "not valid" in bad.value.message
@@ -85,8 +85,8 @@ def test_a_bad_or_revoked_key_is_an_authentication_error(app, keys, r):
         openai_client(app, key).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}])
 
 
-def test_an_unknown_model_is_refused_clearly_and_nothing_waits(app, keys, r):
-    discovered(app, r)
+def test_an_unknown_model_is_refused_clearly_and_nothing_waits(app, keys, fake_llm, r):
+    discovered(app, r, fake_llm)
     with pytest.raises(openai.UnprocessableEntityError) as refused:
         openai_client(app, keys("alice")).chat.completions.create(
             model="gpt-17", messages=[{"role": "user", "content": "hi"}])
