@@ -24,7 +24,7 @@ from devtools.stack import App
 from tasks.redis_server import RedisServer
 from devtools.waiting import wait_for
 from tasks.settings import settings
-from tests.ui.conftest import bearer, client, job
+from tests.ui.conftest import bearer, client, discovered, job
 
 SECURITY_HEADERS = {
     "x-frame-options": "DENY",
@@ -224,7 +224,7 @@ def test_job_errors_never_show_the_llm_servers_address(app, module_workers, keys
 
 def test_the_models_list_does_not_ask_the_llm_server_per_request(app, keys, fake_llm, r):
     key = keys("alice")
-    wait_for(lambda: r.hget("qc:backend:ollama", "models"), timeout=15, what="the first check")
+    discovered(app, r, fake_llm)
     before = fake_llm.hits["/api/tags"]
     with client(app, key) as alice:
         for _ in range(20):
