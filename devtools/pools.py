@@ -34,7 +34,7 @@ class WorkerPools:
         key = (processes, threads, tuple(sorted(settings_env.items())))
         pool = self.paused.pop(key, None)
         if pool is not None and not self._wakes_up(pool):
-            pool.stop()
+            pool.kill()
             pool = None
         if pool is None:
             pool = Workers(self.env, self.log_dir, processes, threads, **settings_env).start()
@@ -61,15 +61,12 @@ class WorkerPools:
             pool.pause()
             self.paused[key] = pool
         else:
-            pool.stop()
+            pool.kill()
 
     def close(self) -> None:
-        """Stop every pool, all at once (each takes a second or two to say goodbye)."""
+        """End every pool (killed: how workers stop has tests of its own, and saying goodbye takes seconds)."""
         pools = [*self.paused.values(), *(pool for _, pool in self.taken.values())]
         for pool in pools:
-            pool.resume()
-            pool.ask_to_stop()
-        for pool in pools:
-            pool.stop()
+            pool.kill()
         self.paused.clear()
         self.taken.clear()

@@ -180,7 +180,7 @@ def pools(env, tmp_path) -> Iterator[Callable[..., Workers]]:
 
     yield start
     for pool in started:
-        pool.stop()
+        pool.kill()
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +194,7 @@ def module_workers(worker_pools, redis_server, fake_llm) -> Iterator[Workers]:
 def module_app(stack_env, module_workers, tmp_path_factory) -> Iterator[App]:
     app = App(stack_env, tmp_path_factory.mktemp("app")).start("--no-workers")
     yield app
-    app.stop()
+    app.kill()
 
 
 @pytest.fixture
@@ -210,7 +210,7 @@ def app_factory(env, tmp_path) -> Iterator[Callable[..., App]]:
 
     yield start
     for app in started:
-        app.stop()
+        app.kill()
 
 
 @pytest.fixture(scope="module")
@@ -225,4 +225,4 @@ def two_apps(stack_env, module_workers, tmp_path_factory) -> Iterator[tuple[App,
         yield started[0], started[1]
     finally:
         for app in started:
-            app.stop()
+            app.kill()

@@ -22,7 +22,7 @@ def e2e_app(stack_env, tmp_path_factory) -> Iterator[App]:
     app = App({**stack_env, "WORKER_PROCESSES": "2", "WORKER_THREADS": "4"}, tmp_path_factory.mktemp("e2e"))
     app.start()
     yield app
-    app.stop()
+    app.kill()
 
 
 @pytest.fixture

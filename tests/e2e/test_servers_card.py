@@ -24,7 +24,7 @@ def fleet_app(stack_env, tmp_path_factory) -> Iterator[tuple[App, dict[str, Fake
     try:
         yield app, fakes
     finally:
-        app.stop()
+        app.kill()
         for fake in fakes.values():
             fake.stop()
 

@@ -62,7 +62,7 @@ def fleet_stack(worker_pools, stack_env, tmp_path_factory) -> Iterator[Fleet]:
     try:
         yield Fleet(fakes, config, pool, app)
     finally:
-        app.stop()
+        app.kill()
         client = redis.Redis.from_url(stack_env["REDIS_URL"])
         worker_pools.give_back(pool, lambda: not client.zcard(keys.LEASES))
         for fake in fakes.values():

@@ -189,7 +189,7 @@ def test_a_killed_worker_frees_its_slot_in_time_and_the_job_reruns_cleanly(pools
 
 def test_queued_jobs_survive_a_redis_restart_and_complete(workers, fake_llm, redis_server, r):
     workers.start(processes=2, threads=4, QUEUE_CONCURRENCY="1")
-    running = submit(slow("running", 30, 0.1))
+    running = submit(slow("running", 60, 0.1))  # 6 s: still running when Redis is back (~3 s from here)
     wait_for(lambda: token_count(running) >= 2, what="the first job to stream")
     queued = [submit(f"queued {i}") for i in range(3)]
     # Their tickets are with the workers (waiting for the slot), not in Redis' queue list any more.
@@ -206,7 +206,7 @@ def test_queued_jobs_survive_a_redis_restart_and_complete(workers, fake_llm, red
 
     results = wait_over([running, *queued], timeout=60)
     assert [job["status"] for job in results] == ["completed"] * 4
-    assert results[0]["answer"] == echoed(30)  # whether it survived or ran again, one clean answer
+    assert results[0]["answer"] == echoed(60)  # whether it survived or ran again, one clean answer
     assert [job["answer"] for job in results[1:]] == [f"You said: queued {i}" for i in range(3)]
     assert [started_at(job_id) for job_id in queued] == sorted(started_at(job_id) for job_id in queued)
 

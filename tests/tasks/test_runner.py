@@ -41,7 +41,7 @@ def cut_off_pool(env: dict[str, str], tmp_path, redis_server) -> Iterator[tuple[
             yield proxy, pool
         finally:
             proxy.resume()
-            pool.stop()
+            pool.kill()
 
 
 def clock_and_lease(job_id: str) -> tuple[int, float | None]:
@@ -277,7 +277,7 @@ def test_stops_behind_a_slow_link_leave_no_hole_in_what_the_users_saw(env, tmp_p
                 sync_store().cancel(job)
             wait_over(*jobs, timeout=30)
         finally:
-            pool.stop()
+            pool.kill()
     for job in jobs:
         tokens = "".join(e["d"] for _, e in entries(job) if e["k"] == "token")
         record = public(job)

@@ -28,7 +28,7 @@ def untrusting_app(stack_env, tmp_path_factory) -> Iterator[App]:
     app = App(stack_env, tmp_path_factory.mktemp("untrusting")).start(
         "--no-workers", AUTH_TRUSTED_HEADER="X-Forwarded-User", API_RATE_PER_MIN="5")
     yield app
-    app.stop()
+    app.kill()
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def proxied_app(stack_env, tmp_path_factory) -> Iterator[App]:
         "--no-workers", TRUSTED_PROXIES="127.0.0.1", AUTH_TRUSTED_HEADER="X-Forwarded-User", API_RATE_PER_MIN="5",
         API_ANONYMOUS="always")
     yield app
-    app.stop()
+    app.kill()
 
 
 # --- ownership ----------------------------------------------------------------------------------------------
