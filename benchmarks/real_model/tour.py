@@ -169,12 +169,12 @@ class Tour:
 
     def _breakdown(self, queued: Watch) -> dict[str, float]:
         """Where a queued request's time to first token went: the POST until the job was written, its admission
-        (a worker's standby ticket takes it), the runner's look at which models the server has loaded (a
-        ``/v1/models`` call), the model's own first token, and the way back to the SSE client."""
+        (a worker's standby ticket takes it; the admission step sets the phase, 'loading' or 'prompt'), the
+        model's own first token, and the way back to the SSE client."""
         marks = self.observer.timeline(queued.job_id)
-        steps = [("post", queued.sent, marks.get("submitted")), ("admission", marks.get("submitted"),
-                 marks.get("starting")), ("model check", marks.get("starting"), marks.get("prompt")),
-                 ("model's first token", marks.get("prompt"), marks.get("token")),
+        admitted = min((marks[phase] for phase in ("loading", "prompt") if phase in marks), default=None)
+        steps = [("post", queued.sent, marks.get("submitted")), ("admission", marks.get("submitted"), admitted),
+                 ("model's first token", admitted, marks.get("token")),
                  ("to the SSE client", marks.get("token"), queued.first_token)]
         return {name: end - start for name, start, end in steps if start is not None and end is not None}
 
