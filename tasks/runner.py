@@ -252,9 +252,11 @@ class JobRun:
         if self.job.kind == "suggest":
             answer = suggestions.clean(answer, self.job.lang)
         done = self.done or Chunk("done", reason="")
+        # The server's count; llama-cpp-python's server sends none with a streamed answer: then the pieces
+        # streamed, one token each from the servers we know (else its speed and its users' tokens read zero).
+        tokens = done.usage.get("completion_tokens") or len(self.writer.chunks) // 2 or ""
         fields = {"answer": answer, "thinking": self.writer.text("think"), "done_reason": done.reason,
-                  "prompt_tokens": done.usage.get("prompt_tokens") or "",
-                  "completion_tokens": done.usage.get("completion_tokens") or "", **fields}
+                  "prompt_tokens": done.usage.get("prompt_tokens") or "", "completion_tokens": tokens, **fields}
         phase = {"completed": "done"}.get(status, status)
         first, unwritten = self.writer.unwritten()
         try:

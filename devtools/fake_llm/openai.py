@@ -96,7 +96,7 @@ def routes(fake: FakeLLM) -> list[Route]:
         reply = fake.next_reply(body)
         options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
         fmt = ChatCompletion(body, model, reply, limit=body.get("max_tokens", body.get("max_completion_tokens")),
-                             include_usage=options.get("include_usage") is True)
+                             include_usage=options.get("include_usage") is True and reply.usage)
         return Answer(fake, fmt, reply, stream=body.get("stream") is True)
 
     async def props(request: Request) -> Response:

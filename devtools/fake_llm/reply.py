@@ -64,6 +64,8 @@ class Reply:
     disconnect_after: int | None = None
     """After N chunks drop the connection without an end."""
     done_reason: str = "stop"
+    usage: bool = True
+    """False: a streamed OpenAI answer says nothing of its tokens, even when asked (llama-cpp-python's server)."""
 
     def __post_init__(self) -> None:
         """Fail where a bad script is written, not in the middle of a test."""

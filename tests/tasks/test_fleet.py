@@ -326,6 +326,16 @@ def exported(app: App) -> dict[tuple, float]:
             for sample in family.samples}
 
 
+def test_a_server_that_streams_no_usage_has_its_tokens_counted_from_the_pieces(fleet, r):
+    """llama-cpp-python's server ignores ``stream_options.include_usage``: its speed in the drawer and its users'
+    tokens would read zero beside a count of answers."""
+    fleet.fakes["gamma"].set_default(Reply(tokens=["a ", "b ", "c ", "d"], token_delay=0.02, usage=False))
+    [job] = wait_over(r, [submit("gamma:1b", "count me")])
+    assert (job["status"], job["backend"], job["answer"], job["completion_tokens"]) == ("completed", "gamma",
+                                                                                        "a b c d", "4")
+    [gamma] = [view for view in sync_store().backends() if view["name"] == "gamma"]
+    assert gamma["completed"] == 1 and gamma["tokens"] == 4 and gamma["tokens_per_s"] > 0
+
 def test_metrics_per_server_add_up_to_what_each_server_did(fleet, r):
     fleet.fakes["gamma"].script(Reply(status=500, error="boom"))  # gamma's first call fails; the job retries
     ids = [submit(model, slow(f"{model} {i}", 5 + i, 0.03)) for i, model in
