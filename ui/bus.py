@@ -386,11 +386,17 @@ class Bus:
             stats, series = await self._read(metrics.stats), figures.series
             if now - series_at >= self.SERIES_SECONDS:
                 series, series_at = await self._read(metrics.series), now
+            if stats and figures.stats and stats['running'] != figures.stats['running']:
+                await self._read_servers()  # their slots in use move with 'Running now', not seconds later
             counting_down = any(view['state'] == 'down' for view in self.health.backends)
             if (stats, series) != (figures.stats, figures.series) or not figures.read or counting_down \
                     or now - told_at >= self.FIGURES_AT_LEAST_SECONDS:
                 figures.stats, figures.series, figures.read, told_at = stats, series, True, now
                 self.figures_changed.emit()
+
+    async def _read_servers(self) -> None:
+        with contextlib.suppress(*REDIS_ERRORS):
+            self._set_health(backends=await async_store().backends())
 
     @staticmethod
     async def _read(function: Callable[[], Any]) -> Any:

@@ -214,6 +214,19 @@ def test_figures_are_read_while_a_page_shows_them_and_told_only_when_they_change
     run(test)
 
 
+def test_the_servers_slots_in_use_move_with_the_running_figure(redis_server, fake_llm, r: redis.Redis) -> None:
+    """The drawer shows both: 'Running now 1 / 1' beside a server's '0/1 slots' until its next check (seconds)."""
+    async def test() -> None:
+        async with running_bus(POLL_SECONDS=60, STATS_SECONDS=0.05) as bus:
+            await until(lambda: bus.health.checked, what='the first poll')  # the next one is a minute away
+            bus.figures_changed.subscribe(lambda: None)
+            await until(lambda: bus.figures.read, what='the figures')
+            sync_store().submit('hello', user='bob')
+            assert sync_store().scripts.admit('w1')[0] == 'ok'
+            await until(lambda: bus.figures.stats['running'] == 1, what='the figures to show it running')
+            assert [view['running'] for view in bus.health.backends] == [1]
+    run(test)
+
 @pytest.mark.redis  # a Redis of its own, to kill
 def test_the_bus_survives_redis_going_away_and_coming_back(tmp_path) -> None:
     server = RedisServer(tmp_path / 'redis').start()
