@@ -107,14 +107,14 @@ def routes(fake: FakeLLM) -> list[Route]:
                 body = await request.json()
             except ValueError as error:
                 return JSONResponse({"error": f"invalid JSON body: {error}"}, status_code=400)
-            fake.record(body)
+            fake.record(body, request)
             if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
                 return JSONResponse({"error": "model is required"}, status_code=400)
             model = body["model"]
             if not fake.has_model(model):
                 return JSONResponse({"error": f'model "{model}" not found, try pulling it first'}, status_code=404)
             options = body.get("options") if isinstance(body.get("options"), dict) else {}
-            reply = fake.next_reply(body)
+            reply = fake.next_reply(body, request)
             fmt = format_class(body, model, reply, limit=options.get("num_predict"),
                                think=body.get("think") is not False)
             return Answer(fake, fmt, reply, stream=body.get("stream", True) is not False)

@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import uvicorn
 from starlette.applications import Starlette
+from starlette.requests import Request
 from starlette.routing import Route
 
 from devtools.fake_llm import ollama, openai
@@ -49,6 +50,7 @@ class FakeLLM:
         self._initial_loaded = [canonical_model(name) for name in loaded]
         self._lock = threading.Lock()
         self.active = self.waiting = self.held = 0
+        self.generation = 0  # reset() counts up: a request taken up before the last reset is not the test's
         self._restore()
         self.app = Starlette(routes=self.routes(), lifespan=self._lifespan)
         self.app.add_middleware(_CountHits, fake=self)
@@ -187,9 +189,28 @@ class FakeLLM:
             self._default = reply
 
     def reset(self) -> None:
-        """Forget scripts, requests and counters; back to the models given to the constructor."""
+        """Forget scripts, requests and counters; back to the models given to the constructor.
+
+        What was sent before belongs to the past, also when it is read after: a worker killed by the last test's
+        teardown may have sent a request the server had not yet taken up, and its handler would take this test's
+        script (and count among its requests). So the server first takes up what its sockets hold, each request
+        marked with the generation it came in (``_CountHits``), and then the generation counts up."""
+        self._take_up_what_was_sent()
         with self._lock:
+            self.generation += 1
             self._restore()
+
+    def _take_up_what_was_sent(self) -> None:
+        """A few turns of the server's loop: what its sockets hold is read and its handlers are entered."""
+        loop = getattr(self, "_loop", None)
+        if loop is None or self._thread is None or not loop.is_running():
+            return
+
+        async def turns() -> None:
+            for _ in range(5):
+                await asyncio.sleep(0)
+        with contextlib.suppress(Exception):  # a server stopping meanwhile: nothing left to take up
+            asyncio.run_coroutine_threadsafe(turns(), loop).result(timeout=5)
 
     def set_models(self, names: Iterable[str]) -> None:
         """The models that exist; a request for another one is refused (404)."""
@@ -212,8 +233,11 @@ class FakeLLM:
 
     # --- what the handlers use ---------------------------------------------------------------------------
 
-    def next_reply(self, body: dict[str, Any]) -> Reply:
+    def next_reply(self, body: dict[str, Any], request: Request | None = None) -> Reply:
+        """The next scripted reply, else the default, else the echo; the echo for a request of a past generation."""
         with self._lock:
+            if not self._current(request):
+                return self.unscripted(body)
             if self._queue:
                 return self._queue.popleft()
             if self._default is not None:
@@ -224,9 +248,14 @@ class FakeLLM:
         """The answer when nothing is scripted: the echo (an extension may answer otherwise)."""
         return echo(body)
 
-    def record(self, body: Any) -> None:
+    def record(self, body: Any, request: Request | None = None) -> None:
         with self._lock:
-            self._requests.append(copy.deepcopy(body))
+            if self._current(request):
+                self._requests.append(copy.deepcopy(body))
+
+    def _current(self, request: Request | None) -> bool:
+        return request is None or request.scope.get("state", {}).get("fake_generation", self.generation) \
+            == self.generation
 
     def has_model(self, name: str) -> bool:
         return canonical_model(name) in self.models
@@ -327,6 +356,7 @@ class _CountHits:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
+            scope.setdefault("state", {})["fake_generation"] = self.fake.generation
             with self.fake._lock:
                 self.fake.hits[scope["path"]] += 1
                 self.fake.peers[scope["path"]].add(tuple(scope.get("client") or ("", 0)))

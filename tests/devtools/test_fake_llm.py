@@ -4,7 +4,9 @@ faults, slots and the counts the tests observe. Over real HTTP with httpx."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -166,6 +168,25 @@ def test_scripts_come_first_then_the_default_then_the_echo(fake, client):
     fake.set_default(None)
     assert client.post("/api/chat", json=chat("[[tokens=3]]", stream=False)).json()["message"]["content"] == "t0 t1 t2"
 
+
+def test_a_request_sent_before_a_reset_never_takes_the_next_tests_script(fake, client):
+    """A worker killed in a test's teardown may have sent a request the server takes up only later (here: while
+    its loop is held up); the next test's reset and script come meanwhile. That request gets the echo, is not
+    among the next test's requests, and the script waits for the next test's own request."""
+    body = json.dumps(chat("sent before the reset", stream=False)).encode()
+    raw = (b"POST /api/chat HTTP/1.1\r\nHost: fake\r\nContent-Type: application/json\r\n"
+           b"Content-Length: %d\r\n\r\n" % len(body)) + body
+    fake._loop.call_soon_threadsafe(time.sleep, 0.5)  # the server is busy: the request waits in its socket
+    with socket.create_connection((fake.host, fake.port)) as late:
+        late.sendall(raw)
+        fake.reset()
+        fake.script(Reply(text="for this test"))
+        late.settimeout(5)
+        assert b"sent before the reset" in late.recv(65536)  # the echo
+    assert fake.requests == []
+    answer = client.post("/api/chat", json=chat("mine", stream=False)).json()
+    assert answer["message"]["content"] == "for this test"
+    assert [request["messages"][0]["content"] for request in fake.requests] == ["mine"]
 
 def test_a_blackhole_times_out_on_connect():
     with Blackhole() as hole, pytest.raises(httpx.ConnectTimeout):
