@@ -19,7 +19,7 @@ def test_answer_matches_the_llm_token_for_token(workers, fake_llm):
     submitted = sync_store().submit("hi", user="u1")
     job = wait_for(lambda: finished(submitted.job_id), what="the job to finish")
     assert job["status"] == "completed", job
-    assert job["answer"] == "".join(tokens)
+    assert job["answer"] == "".join(tokens), (job["attempts"], fake_llm.requests)  # who took the script?
     entries = sync_store().stream(submitted.job_id)
     assert [e["d"] for _, e in entries if e["k"] == "token"] == tokens
     assert job["attempts"] == 1 and job["progress"] == 100
