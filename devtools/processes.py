@@ -16,6 +16,8 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import psutil
@@ -101,7 +103,7 @@ class Child:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout)
         supervisor.stop(self.process, timeout=5)
-        _, left = psutil.wait_procs(tree, timeout=5)  # grandchildren the child was still stopping as it exited
+        left = wait_ended(tree, timeout=5)  # grandchildren the child was still stopping as it exited
         for process in left:
             with contextlib.suppress(psutil.Error):
                 process.kill()  # psutil checks it is the same process, not a new one with a recycled pid
@@ -117,4 +119,23 @@ class Child:
         for process in tree:
             with contextlib.suppress(psutil.Error):
                 process.kill()
-        psutil.wait_procs(tree, timeout=5)
+        wait_ended(tree, timeout=5)
+
+
+def wait_ended(processes: Iterable[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until each process has ended, and return those still running. Ended means gone or a zombie: a
+    process whose parent died first (its whole tree killed at once) is reaped by init, here a second or more
+    later, and holds nothing but its pid meanwhile (psutil.wait_procs would wait for the reaping)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        running = [process for process in processes if _running(process)]
+        if not running or time.monotonic() >= deadline:
+            return running
+        time.sleep(0.01)
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
