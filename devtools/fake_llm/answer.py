@@ -106,12 +106,13 @@ class Answer:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         outcome = _Outcome()
+        generation = scope.get("state", {}).get("fake_generation")
         async with anyio.create_task_group() as group:
             group.start_soon(self._watch, receive, group.cancel_scope, outcome)
-            await self._serve(send, outcome)
+            await self._serve(send, outcome, generation)
             group.cancel_scope.cancel()
         if outcome.client_gone and not outcome.finished:
-            self.fake.count_cancelled()
+            self.fake.count_cancelled(generation)
         if outcome.abort:
             raise AbruptDisconnect
 
@@ -122,9 +123,9 @@ class Answer:
         outcome.client_gone = True
         scope.cancel()
 
-    async def _serve(self, send: Send, outcome: _Outcome) -> None:
+    async def _serve(self, send: Send, outcome: _Outcome, generation: int | None) -> None:
         reply = self.reply
-        async with self.fake.slot() as served:
+        async with self.fake.slot(generation) as served:
             if not served:
                 if self.fake.crashed:
                     outcome.abort = True

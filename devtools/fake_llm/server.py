@@ -63,7 +63,7 @@ class FakeLLM:
         self._queue: deque[Reply] = deque()
         self._default: Reply | None = None
         self._requests: list[Any] = []
-        self.max_active = self.active  # answers still in flight keep counting
+        self.max_active = self._answering = 0  # the most answers at once, of this generation (see slot)
         self.cancelled = 0
         self.hits: Counter[str] = Counter()
         self.peers: defaultdict[str, set[tuple[str, int]]] = defaultdict(set)  # path -> client addresses seen
@@ -265,31 +265,42 @@ class FakeLLM:
             if canonical_model(name) not in self.loaded:
                 self.loaded.append(canonical_model(name))
 
-    def count_cancelled(self) -> None:
+    def count_cancelled(self, generation: int | None = None) -> None:
         with self._lock:
-            self.cancelled += 1
+            if generation in (None, self.generation):
+                self.cancelled += 1
 
     @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[bool]:
-        """Wait for a free slot (first come, first served); yields False when the server is stopping."""
+    async def slot(self, generation: int | None = None) -> AsyncIterator[bool]:
+        """Wait for a free slot (first come, first served); yields False when the server is stopping.
+        ``max_active`` counts the answers of the request's generation only: one of the last test's, still in
+        flight to a client that is gone, is not this test's."""
         self._count("waiting", 1)
         try:
             if self._slots:
                 await self._slots.acquire()
         finally:
             self._count("waiting", -1)
-        self._count("active", 1)
+        with self._lock:
+            self.active += 1
+            mine = generation in (None, self.generation)
+            generation = self.generation
+            if mine:
+                self._answering += 1
+                self.max_active = max(self.max_active, self._answering)
         try:
             yield not self._stopping.is_set()
         finally:
-            self._count("active", -1)
+            with self._lock:
+                self.active -= 1
+                if mine and generation == self.generation:
+                    self._answering -= 1
             if self._slots:
                 self._slots.release()
 
     def _count(self, name: str, change: int) -> None:
         with self._lock:
             setattr(self, name, getattr(self, name) + change)
-            self.max_active = max(self.max_active, self.active)
 
     async def pause(self, seconds: float) -> None:
         """Sleep, but not past the server's stop."""

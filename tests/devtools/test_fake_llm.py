@@ -188,6 +188,19 @@ def test_a_request_sent_before_a_reset_never_takes_the_next_tests_script(fake, c
     assert answer["message"]["content"] == "for this test"
     assert [request["messages"][0]["content"] for request in fake.requests] == ["mine"]
 
+def test_an_answer_of_before_a_reset_is_not_counted_after_it(fake, client):
+    """The last test's answer may still stream (to a worker killed in its teardown) when the next test begins:
+    it is not among this test's answers at once, nor its cancelled ones."""
+    body = json.dumps(chat("[[tokens=200]][[delay=0.02]]", stream=True)).encode()
+    with socket.create_connection((fake.host, fake.port)) as old:
+        old.sendall((b"POST /api/chat HTTP/1.1\r\nHost: fake\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body)) + body)
+        assert fake.wait_until(lambda: fake.active == 1)
+        fake.reset()
+        assert client.post("/api/chat", json=chat("mine", stream=False)).json()["message"]["content"]
+    assert fake.wait_idle()
+    assert (fake.max_active, fake.cancelled) == (1, 0)
+
 def test_a_blackhole_times_out_on_connect():
     with Blackhole() as hole, pytest.raises(httpx.ConnectTimeout):
         httpx.get(hole.url, timeout=httpx.Timeout(5, connect=0.5))
