@@ -36,6 +36,17 @@ def app(module_app, redis_server, fake_llm, r) -> Iterator[App]:
     settle(r, fake_llm)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with what the module's app and workers logged last."""
+    report = yield
+    if call.when == "call" and report.failed:
+        for name in ("module_app", "module_workers"):
+            if (child := item.funcargs.get(name)) is not None:
+                report.sections.append((f"{name} log (its end)", child.log_tail(6000)))
+    return report
+
+
 @pytest.fixture
 def keys(r) -> Callable[..., str]:
     """``keys("alice", max_priority="high")``: a new API key's plaintext."""
