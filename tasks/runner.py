@@ -72,6 +72,10 @@ class Writer:
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._write(), name=f"write {self.run.job_id}")
 
+    def __len__(self) -> int:
+        """How many chunks the attempt received."""
+        return len(self.chunks) // 2
+
     def text(self, kind: str) -> str:
         """What the attempt received of one kind ('token': the answer, 'think': its thinking)."""
         return "".join(self.chunks[i + 1] for i in range(0, len(self.chunks), 2) if self.chunks[i] == kind)
@@ -241,7 +245,7 @@ class JobRun:
     async def append(self, first: int, chunks: list[str]) -> None:
         """Write chunks (kind, text, kind, text, ...; the first numbered ``first``) to the job's stream, fenced by
         the lease."""
-        produced = len(self.writer.chunks) // 2
+        produced = len(self.writer)
         progress = min(95, 10 + int(85 * produced / self.expected))
         self.check_lease()
         if not await self.scripts.append(self.job_id, self.epoch, progress, first, *chunks):
@@ -254,7 +258,7 @@ class JobRun:
         done = self.done or Chunk("done", reason="")
         # The server's count; llama-cpp-python's server sends none with a streamed answer: then the pieces
         # streamed, one token each from the servers we know (else its speed and its users' tokens read zero).
-        tokens = done.usage.get("completion_tokens") or len(self.writer.chunks) // 2 or ""
+        tokens = done.usage.get("completion_tokens") or len(self.writer) or ""
         fields = {"answer": answer, "thinking": self.writer.text("think"), "done_reason": done.reason,
                   "prompt_tokens": done.usage.get("prompt_tokens") or "", "completion_tokens": tokens, **fields}
         phase = {"completed": "done"}.get(status, status)

@@ -97,6 +97,13 @@ class _Outcome:
     abort: bool = False
 
 
+GENERATION = "fake_generation"  # in a request's ASGI state: the fake's generation when it came in (_CountHits)
+
+
+def generation_of(scope: Scope) -> int | None:
+    return scope.get("state", {}).get(GENERATION)
+
+
 class Answer:
     """One response, as an ASGI app."""
 
@@ -106,7 +113,7 @@ class Answer:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         outcome = _Outcome()
-        generation = scope.get("state", {}).get("fake_generation")
+        generation = generation_of(scope)
         async with anyio.create_task_group() as group:
             group.start_soon(self._watch, receive, group.cancel_scope, outcome)
             await self._serve(send, outcome, generation)

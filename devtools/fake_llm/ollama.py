@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from devtools.fake_llm.answer import Answer, Format
+from devtools.fake_llm.answer import Answer, Format, generation_of
 
 if TYPE_CHECKING:
     from devtools.fake_llm.server import FakeLLM
@@ -107,14 +107,14 @@ def routes(fake: FakeLLM) -> list[Route]:
                 body = await request.json()
             except ValueError as error:
                 return JSONResponse({"error": f"invalid JSON body: {error}"}, status_code=400)
-            fake.record(body, request)
+            fake.record(body, generation_of(request.scope))
             if not isinstance(body, dict) or not isinstance(body.get("model"), str) or not body["model"]:
                 return JSONResponse({"error": "model is required"}, status_code=400)
             model = body["model"]
             if not fake.has_model(model):
                 return JSONResponse({"error": f'model "{model}" not found, try pulling it first'}, status_code=404)
             options = body.get("options") if isinstance(body.get("options"), dict) else {}
-            reply = fake.next_reply(body, request)
+            reply = fake.next_reply(body, generation_of(request.scope))
             fmt = format_class(body, model, reply, limit=options.get("num_predict"),
                                think=body.get("think") is not False)
             return Answer(fake, fmt, reply, stream=body.get("stream", True) is not False)

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from devtools.fake_llm.answer import Answer, Format
+from devtools.fake_llm.answer import Answer, Format, generation_of
 
 if TYPE_CHECKING:
     from devtools.fake_llm.server import FakeLLM
@@ -87,13 +87,13 @@ def routes(fake: FakeLLM) -> list[Route]:
             body = await request.json()
         except ValueError as problem:
             return JSONResponse(error_body(400, f"invalid JSON body: {problem}"), status_code=400)
-        fake.record(body, request)
+        fake.record(body, generation_of(request.scope))
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return JSONResponse(error_body(400, "messages is required"), status_code=400)
         model = body.get("model") or fake.models[0]
         if not fake.has_model(model):
             return JSONResponse(error_body(404, f"The model `{model}` does not exist"), status_code=404)
-        reply = fake.next_reply(body, request)
+        reply = fake.next_reply(body, generation_of(request.scope))
         options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
         fmt = ChatCompletion(body, model, reply, limit=body.get("max_tokens", body.get("max_completion_tokens")),
                              include_usage=options.get("include_usage") is True and reply.usage)

@@ -29,11 +29,10 @@ from typing import Any
 import httpx
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
 from starlette.routing import Route
 
 from devtools.fake_llm import ollama, openai
-from devtools.fake_llm.answer import QuietAbruptDisconnects
+from devtools.fake_llm.answer import GENERATION, QuietAbruptDisconnects
 from devtools.fake_llm.reply import DEFAULT_MODELS, Reply, canonical_model, echo
 
 logging.getLogger("uvicorn.error").addFilter(QuietAbruptDisconnects())
@@ -233,10 +232,10 @@ class FakeLLM:
 
     # --- what the handlers use ---------------------------------------------------------------------------
 
-    def next_reply(self, body: dict[str, Any], request: Request | None = None) -> Reply:
+    def next_reply(self, body: dict[str, Any], generation: int | None = None) -> Reply:
         """The next scripted reply, else the default, else the echo; the echo for a request of a past generation."""
         with self._lock:
-            if not self._current(request):
+            if not self._current(generation):
                 return self.unscripted(body)
             if self._queue:
                 return self._queue.popleft()
@@ -248,14 +247,14 @@ class FakeLLM:
         """The answer when nothing is scripted: the echo (an extension may answer otherwise)."""
         return echo(body)
 
-    def record(self, body: Any, request: Request | None = None) -> None:
+    def record(self, body: Any, generation: int | None = None) -> None:
         with self._lock:
-            if self._current(request):
+            if self._current(generation):
                 self._requests.append(copy.deepcopy(body))
 
-    def _current(self, request: Request | None) -> bool:
-        return request is None or request.scope.get("state", {}).get("fake_generation", self.generation) \
-            == self.generation
+    def _current(self, generation: int | None) -> bool:
+        """Whether a request of ``generation`` (None: not known) belongs to the test since the last reset."""
+        return generation is None or generation == self.generation
 
     def has_model(self, name: str) -> bool:
         return canonical_model(name) in self.models
@@ -267,7 +266,7 @@ class FakeLLM:
 
     def count_cancelled(self, generation: int | None = None) -> None:
         with self._lock:
-            if generation in (None, self.generation):
+            if self._current(generation):
                 self.cancelled += 1
 
     @contextlib.asynccontextmanager
@@ -283,9 +282,8 @@ class FakeLLM:
             self._count("waiting", -1)
         with self._lock:
             self.active += 1
-            mine = generation in (None, self.generation)
-            generation = self.generation
-            if mine:
+            counted = self.generation if self._current(generation) else None  # in this generation's answers
+            if counted is not None:
                 self._answering += 1
                 self.max_active = max(self.max_active, self._answering)
         try:
@@ -293,7 +291,7 @@ class FakeLLM:
         finally:
             with self._lock:
                 self.active -= 1
-                if mine and generation == self.generation:
+                if counted == self.generation:  # not reset since: a reset starts the count again
                     self._answering -= 1
             if self._slots:
                 self._slots.release()
@@ -367,7 +365,7 @@ class _CountHits:
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http":
-            scope.setdefault("state", {})["fake_generation"] = self.fake.generation
+            scope.setdefault("state", {})[GENERATION] = self.fake.generation
             with self.fake._lock:
                 self.fake.hits[scope["path"]] += 1
                 self.fake.peers[scope["path"]].add(tuple(scope.get("client") or ("", 0)))
