@@ -17,7 +17,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import aiohttp
 import httpx
+from httpx_aiohttp import HttpxAiohttpClient
 
 from tasks.settings import settings
 
@@ -137,6 +139,9 @@ def classify(error: BaseException, name: str = "") -> LLMError:
     if isinstance(error, LLMError):
         return error
     server = f"The LLM server {name!r}" if name else "The LLM server"
+    if dropped(error):
+        return TransientLLMError(f"{server} closed the connection mid-answer ({type(error.__cause__).__name__}).",
+                                 "llm_disconnected")
     if isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout)):
         return unreachable(name) if name else TransientLLMError("The LLM server is not reachable.",
                                                                 "llm_unreachable")
@@ -150,6 +155,16 @@ def classify(error: BaseException, name: str = "") -> LLMError:
     surprise = TransientLLMError(f"The LLM call failed unexpectedly ({type(error).__name__}).", "llm_error")
     surprise.expected = False
     return surprise
+
+
+def dropped(error: BaseException) -> bool:
+    """Whether the server dropped a connection it had accepted (before or during the answer). httpx-aiohttp (see
+    :func:`shared_http`) calls that a ConnectTimeout, as it does a connection never made: aiohttp's
+    ClientConnectionError covers both. The queue must tell them apart: a server that can't be reached is skipped
+    at once (its circuit opens), one that cut an answer is asked whether it is still up (``runner.server_gone``)."""
+    cause = error.__cause__
+    return isinstance(cause, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)) \
+        and not isinstance(cause, aiohttp.ClientConnectorError)
 
 
 def server_words(name: str, text: object, limit: int = 300) -> str:
@@ -229,6 +244,10 @@ def shared_http(base_url: str, headers: dict[str, str] | None = None) -> httpx.A
     """One connection pool per (running event loop, server): building an ``httpx.AsyncClient`` costs tens of
     milliseconds (mostly its SSL context), which would otherwise be paid on every job's time to first token.
 
+    httpx's API on aiohttp's connections (``httpx-aiohttp``, the transport the OpenAI SDK offers for speed): httpx's
+    own (httpcore on anyio) cost a worker 0.8–0.9 ms of CPU per LLM call here, aiohttp's 0.3–0.4 ms — with an
+    instant LLM, more than a third of a job's whole cost in the worker (docs/benchmarks.md, section b).
+
     The read timeout covers the wait for the response headers (some servers send them with the first token);
     between lines, :func:`with_timeouts` applies the first-token and idle timeouts itself."""
     key = (id(asyncio.get_running_loop()), base_url)
@@ -236,7 +255,7 @@ def shared_http(base_url: str, headers: dict[str, str] | None = None) -> httpx.A
     if client is None or client.is_closed:
         timeout = httpx.Timeout(connect=settings.llm_connect_timeout, read=settings.llm_first_token_timeout,
                                 write=30.0, pool=30.0)
-        client = _pools[key] = httpx.AsyncClient(base_url=base_url, timeout=timeout, headers=headers)
+        client = _pools[key] = HttpxAiohttpClient(base_url=base_url, timeout=timeout, headers=headers)
     return client
 
 
