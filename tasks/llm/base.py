@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -237,7 +238,9 @@ def probe_timeout() -> httpx.Timeout:
     return httpx.Timeout(5.0, connect=min(5.0, settings.llm_connect_timeout))
 
 
-_pools: dict[tuple[int, str], httpx.AsyncClient] = {}
+#: id(loop) -> (the loop, weakly; its clients by server). The loop is checked, not only its id: a loop that ended
+#: (``asyncio.run`` in a script or a test) may leave its id to the next, and its clients are bound to it.
+_pools: dict[int, tuple[weakref.ref, dict[str, httpx.AsyncClient]]] = {}
 
 
 def shared_http(base_url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
@@ -250,13 +253,25 @@ def shared_http(base_url: str, headers: dict[str, str] | None = None) -> httpx.A
 
     The read timeout covers the wait for the response headers (some servers send them with the first token);
     between lines, :func:`with_timeouts` applies the first-token and idle timeouts itself."""
-    key = (id(asyncio.get_running_loop()), base_url)
-    client = _pools.get(key)
+    loop = asyncio.get_running_loop()
+    owner, clients = _pools.get(id(loop), (None, None))
+    if owner is None or owner() is not loop:
+        clients = {}
+        _pools[id(loop)] = (weakref.ref(loop), clients)
+    client = clients.get(base_url)
     if client is None or client.is_closed:
         timeout = httpx.Timeout(connect=settings.llm_connect_timeout, read=settings.llm_first_token_timeout,
                                 write=30.0, pool=30.0)
-        client = _pools[key] = HttpxAiohttpClient(base_url=base_url, timeout=timeout, headers=headers)
+        client = clients[base_url] = HttpxAiohttpClient(base_url=base_url, timeout=timeout, headers=headers)
     return client
+
+
+async def close_shared_http() -> None:
+    """Close the running loop's pools: for a loop that ends while the process goes on (aiohttp names a pool left
+    open when it is collected)."""
+    owner, clients = _pools.pop(id(asyncio.get_running_loop()), (None, {}))
+    for client in clients.values():
+        await client.aclose()
 
 
 class ThinkSplitter:

@@ -12,7 +12,7 @@ import pytest
 
 from devtools.fake_llm import DEFAULT_MODELS, Reply
 from tasks.llm import LLMError, Options
-from tasks.llm.base import classify, read_to_end
+from tasks.llm.base import classify, close_shared_http, read_to_end
 from tasks.llm.ollama import OllamaClient
 from tasks.llm.openai import OpenAIClient
 
@@ -33,7 +33,7 @@ def test_answers_one_after_another_share_one_connection(fake_llm, kind):
                     break
                 text += chunk.text
             texts.append(text)
-        await client.http.aclose()
+        await close_shared_http()
         return texts
 
     before = set(fake_llm.peers[CHAT_PATHS[kind]])
@@ -92,7 +92,7 @@ def test_a_server_never_reached_is_told_apart_from_one_that_dropped_the_connecti
         except Exception as error:  # noqa: BLE001 - what the runner does with any failure
             return classify(error, "fake")
         finally:
-            await client.http.aclose()
+            await close_shared_http()
         raise AssertionError("the answer did not fail")
 
     fake_llm.script(Reply(tokens=["a", "b", "c"], disconnect_after=1))

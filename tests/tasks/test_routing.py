@@ -9,6 +9,7 @@ import json
 import pytest
 
 from tasks import backends, queue
+from tasks.llm.base import close_shared_http
 from tasks.settings import settings
 from tasks.store import JobError, async_store, sync_store
 
@@ -169,6 +170,7 @@ def test_a_server_that_takes_the_health_check_but_answers_nothing_in_time_is_bus
                                                                   slots=1))
         finally:
             server.close()
+            await close_shared_http()
 
     r.hset("qc:backend:busy", "state", "up")
     asyncio.run(main())
