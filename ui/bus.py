@@ -292,7 +292,6 @@ class Bus:
             self.user_changed.emit(data[len(keys.USER_CHANGED):])
         elif data.startswith(keys.CONVERSATION_CHANGED):
             self.conversation_changed.emit(data[len(keys.CONVERSATION_CHANGED):])
-        # a job id: its followers learn of the change from its stream
 
     async def _emit_queue_changes(self) -> None:
         """At most one queue_changed per 100 ms: a burst of submissions is one refresh for every page."""

@@ -107,7 +107,6 @@ redis.call('HDEL', job, 'retry_at', 'first_token_at', 'written')
 redis.call('HSETNX', job, 'started_at', now)
 emit(id, 'reset', '', epoch)
 emit(id, 'status', snapshot(job), epoch)
-changed(id)
 changed('u:' .. user)
 queue_changed()
 local reply = {'ok', id, epoch, best.backend, best.model}

@@ -10,7 +10,6 @@ local progress = tonumber(ARGV[4])
 if f[3] ~= 'generating' or progress >= (tonumber(f[4]) or 0) + 5 then
   redis.call('HSET', job, 'phase', 'generating', 'progress', progress)
   emit(id, 'status', snapshot(job), ARGV[3])
-  changed(id)
 end
 emit_chunks(id, job, ARGV[3], tonumber(ARGV[5]), 6, (#ARGV - 5) / 2)
 return 1

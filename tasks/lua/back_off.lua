@@ -52,7 +52,6 @@ redis.call('ZADD', P .. 'backoff', ready, id)
 redis.call('HSET', job, 'status', 'retrying', 'phase', 'retrying', 'error', ARGV[5], 'error_code', code,
            'retry_at', ready)
 emit(id, 'status', snapshot(job), epoch)
-changed(id)
 changed('u:' .. f[6])
 queue_changed()
 return 1

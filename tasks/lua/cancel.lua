@@ -15,7 +15,6 @@ end
 if redis.call('HGET', job, 'cancel') ~= '1' then
   redis.call('HSET', job, 'cancel', 1)
   emit(id, 'status', snapshot(job), redis.call('HGET', job, 'epoch'))
-  changed(id)
   changed('u:' .. redis.call('HGET', job, 'user'))
 end
 return 'cancelling'

@@ -192,8 +192,9 @@ local function snapshot(job)
                        done_reason = f[9] or cjson.null, backend = f[10] or cjson.null, priority = f[11]})
 end
 
--- qc:events carries a job id when that job changed, '*queue' when positions may have moved, 'u:<user>' when a
--- user's history or conversations changed and 'c:<conversation>' when a conversation got a new job.
+-- qc:events carries '*queue' when positions may have moved, 'u:<user>' when a user's history or conversations
+-- changed and 'c:<conversation>' when a conversation got a new job. Not a job's own changes: its stream tells
+-- them to whoever follows it (every app process would otherwise wake for every job's every step).
 -- Whether a job is in line: waiting, or handed over by BACK_OFF until the next admission.
 local function in_line(id)
   return redis.call('ZSCORE', P .. 'waiting', id) or redis.call('SISMEMBER', P .. 'handover', id) == 1
@@ -295,7 +296,6 @@ local function end_job(id, epoch, status, phase, fields)
   emit(id, 'done', snapshot(job), epoch)
   redis.call('EXPIRE', stream_key(id), CFG.stream_ttl_s)
   redis.call('EXPIRE', job, CFG.retention_s)
-  changed(id)
   if user then changed('u:' .. user) end
   queue_changed()
   return true
@@ -333,7 +333,6 @@ local function reap(now)
       redis.call('HSET', job, 'status', 'queued', 'phase', 'recovering')
       join_line(id, tonumber(f[5]), f[6], f[7], now)
       emit(id, 'status', snapshot(job), epoch)
-      changed(id)
       changed('u:' .. f[7])
       back[#back + 1] = id
     end
@@ -368,7 +367,6 @@ local function reap(now)
                    'aged_from', f[4])
         join_line(id, score, f[2], f[3], now)
         emit(id, 'status', snapshot(job), redis.call('HGET', job, 'epoch'))
-        changed(id)
         moved = true
       end
     end

@@ -16,7 +16,6 @@ redis.call('HSET', job, 'score', num(score), 'priority', ({[0] = 'high', [1] = '
 join_line(id, score, f[1], f[2], now)
 if retry then redis.call('ZADD', P .. 'backoff', retry, id) end
 emit(id, 'status', snapshot(job), redis.call('HGET', job, 'epoch'))
-changed(id)
 changed('u:' .. f[2])
 queue_changed()
 return 1

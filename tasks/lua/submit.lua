@@ -79,6 +79,5 @@ end
 redis.call('LPUSH', P .. 'wake', id)  -- a standby ticket admits it now
 redis.call('LTRIM', P .. 'wake', 0, 99)
 emit(id, 'status', snapshot(job), 0)
-changed(id)
 queue_changed()
 return {1, id, position_of(id, line, score, now)}
