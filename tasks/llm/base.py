@@ -16,6 +16,7 @@ import re
 import weakref
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Protocol
 
 import aiohttp
@@ -264,6 +265,13 @@ def shared_http(base_url: str, headers: dict[str, str] | None = None) -> httpx.A
                                 write=30.0, pool=30.0)
         client = clients[base_url] = HttpxAiohttpClient(base_url=base_url, timeout=timeout, headers=headers)
     return client
+
+
+@cache
+def endpoint(base_url: str, path: str) -> httpx.URL:
+    """``base_url + path``, parsed once: httpx parses a path against the client's base URL on every request, in
+    Python (0.07–0.1 ms of a worker's CPU per LLM call here, a quarter of the call's own)."""
+    return httpx.URL(base_url + path)
 
 
 async def close_shared_http() -> None:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 
 from tasks.llm.base import (Chunk, Options, PermanentLLMError, ServerClient, ThinkSplitter, TransientLLMError,
-                            classify, finished, malformed, read_to_end, server_words, shared_http,
+                            classify, endpoint, finished, malformed, read_to_end, server_words, shared_http,
                             with_timeouts)
 
 
@@ -32,7 +32,7 @@ class OllamaClient(ServerClient):
             body["options"] = {name: value for name, value in sampling.items() if value is not None}
         splitter = ThinkSplitter()
         try:
-            async with self.http.stream("POST", "/api/chat", json=body) as response:
+            async with self.http.stream("POST", endpoint(self.url, "/api/chat"), json=body) as response:
                 await raise_for_status(response, model, self.name)
                 lines = with_timeouts(self._lines(response), self.name)
                 async for payload in lines:

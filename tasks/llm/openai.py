@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
-from tasks.llm.base import (Chunk, Options, ServerClient, ThinkSplitter, TransientLLMError, classify, finished,
-                            malformed, probe_timeout, read_to_end, shared_http, with_timeouts)
+from tasks.llm.base import (Chunk, Options, ServerClient, ThinkSplitter, TransientLLMError, classify, endpoint,
+                            finished, malformed, probe_timeout, read_to_end, shared_http, with_timeouts)
 from tasks.llm.ollama import raise_for_status
 
 
@@ -33,7 +33,7 @@ class OpenAIClient(ServerClient):
                 body[name] = getattr(options, name)
         splitter, reason, usage = ThinkSplitter(), None, {}
         try:
-            async with aconnect_sse(self.http, "POST", "/v1/chat/completions", json=body) as source:
+            async with aconnect_sse(self.http, "POST", endpoint(self.url, "/v1/chat/completions"), json=body) as source:
                 await raise_for_status(source.response, model, self.name)
                 events = with_timeouts(source.aiter_sse(), self.name)
                 async for event in events:
