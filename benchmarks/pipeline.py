@@ -175,10 +175,13 @@ Where the CPU goes (psutil, over each measured run, medians; both sides share th
 {cpu_table(runs, noops)}
 
 A job is more than a message: the submit Lua step and its ticket, the ADMIT step (which also sets the phase and
-returns the record), the HTTP call to the LLM, the token append and the finish step — each a Redis round trip,
-plus the Python work of an asyncio actor (the hand-off from Dramatiq's worker thread to the event loop and back)
-and of httpx; the fake LLM answering that call runs in this process. On 2 cores the rate is what the CPU per
-job allows: a ratio of 0.3× would need each job to cost at most 3.3 times a no-op message in all.
+returns the record), the HTTP call to the LLM, and the finish step (an answer that arrives in one read is written
+with its end) — each a round trip, plus the Python work of an asyncio actor (the hand-off from Dramatiq's worker
+thread to the event loop and back) and of the HTTP client (httpx's API on aiohttp's connections: httpx's own
+transport cost the worker 0.8–0.9 ms per call here, more than the rest of the job); the fake LLM answering that
+call runs in this process (about 0.4 ms of CPU per answer under uvicorn, by a sampling profile). On 2 cores the
+rate is what the CPU per job allows: a ratio of 0.3× needs each job to cost at most about 3.3 times a no-op
+message in all.
 """
     summary = [["b. pipeline jobs/s", "≥ 300", f"{p.p50:.0f}", "74", verdict(p.p50, TARGET_JOBS_S, at_most=False, unit=" jobs/s", digits=0)],
                ["b. pipeline ÷ bare Dramatiq", "≥ 0.3×", ratio(p.p50, n.p50), "0.068×", verdict(share, TARGET_RATIO, at_most=False, digits=2)]]
