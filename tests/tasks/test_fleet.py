@@ -369,6 +369,7 @@ def test_slots_unset_are_what_the_server_says_else_one(r, monkeypatch):
     import asyncio
 
     from tasks import backends
+    from tasks.llm.base import close_shared_http
     from tasks.store import async_store
 
     with FakeLLM(models=["m:1"], slots=2) as counted, FakeLLM(models=["m:1"]) as silent:  # /props: 2, and 0
@@ -379,6 +380,7 @@ def test_slots_unset_are_what_the_server_says_else_one(r, monkeypatch):
 
         async def check() -> None:
             await backends.discover(async_store())
+            await close_shared_http()
 
         asyncio.run(check())
     assert {v["name"]: (v["state"], v["slots"]) for v in sync_store().backends()} == {
@@ -390,6 +392,7 @@ def test_a_server_is_checked_again_once_per_check_period_whoever_asks(r, monkeyp
     import asyncio
 
     from tasks import backends
+    from tasks.llm.base import close_shared_http
     from tasks.store import async_store
 
     with FakeLLM(models=["m:1"]) as server:
@@ -398,6 +401,7 @@ def test_a_server_is_checked_again_once_per_check_period_whoever_asks(r, monkeyp
 
         async def check() -> None:
             await backends.discover(async_store())
+            await close_shared_http()
 
         def checks() -> int:  # a check lists the models: /api/tags
             return server.hits["/api/tags"]
