@@ -3,6 +3,8 @@ no-op actor (``benchmarks/noop_actor.py``) on the same processes, threads, Redis
 
 Submitting is part of the pipeline, so both sides are fed by the same number of threads in this process. The
 outcome is checked exactly-once: every job completed, once (one ``done`` entry, one attempt, one LLM call).
+Both pools run side by side and the repetitions alternate (jobs, messages, jobs, …): on a shared 2-core machine
+whose speed drifts by the minute, each side meets the same moments.
 """
 
 from __future__ import annotations
@@ -29,12 +31,10 @@ def feed(count: int, send) -> None:
         list(pool.map(send, range(count)))
 
 
-def cpu_split(stack: Stack) -> dict[str, float]:
-    """CPU seconds used so far by the worker processes, by Redis, and by this process (the submitting threads,
-    the fake LLM and the wait for the count)."""
-    workers = [process.pid for child in stack.children if isinstance(child, Workers)
-               for process in figures.tree(child.pid)]
-    return {"workers": sum(figures.cpu_seconds(pid) for pid in workers),
+def cpu_split(stack: Stack, pool: Workers) -> dict[str, float]:
+    """CPU seconds used so far by the pool's worker processes, by Redis, and by this process (the submitting
+    threads, the fake LLM and the wait for the count)."""
+    return {"workers": sum(figures.cpu_seconds(process.pid) for process in figures.tree(pool.pid)),
             "redis": figures.cpu_seconds(stack.redis_server.process.pid), "here": figures.cpu_seconds(os.getpid())}
 
 
@@ -43,7 +43,7 @@ def per_item(before: dict[str, float], after: dict[str, float], count: int) -> d
     return {part: 1000 * (after[part] - before[part]) / count for part in before}
 
 
-def pipeline_rate(stack: Stack, count: int, stall_s: float = 10.0) -> dict:
+def pipeline_rate(stack: Stack, pool: Workers, count: int, stall_s: float = 10.0) -> dict:
     """Jobs/s from the first submit until the last job is counted completed — or, when jobs stop completing for
     ``stall_s`` (the engine hang: jobs left running after their last token), until the last completion, with the
     jobs left running counted; and what breaks the exactly-once outcome."""
@@ -55,7 +55,7 @@ def pipeline_rate(stack: Stack, count: int, stall_s: float = 10.0) -> dict:
         ids[index] = sync_store().submit(f"[[tokens=1]] throughput {index}", user=f"bench-{index % 8}").job_id
 
     requests_before = stack.fake.hits["/api/chat"]
-    cpu_before = cpu_split(stack)
+    cpu_before = cpu_split(stack, pool)
     start = time.perf_counter()
     feed(count, send)
     completed, progress_at = 0, time.perf_counter()
@@ -64,7 +64,7 @@ def pipeline_rate(stack: Stack, count: int, stall_s: float = 10.0) -> dict:
         now = int(client.hget(keys.TOTALS, "completed") or 0)
         if now > completed:
             completed, progress_at = now, time.perf_counter()
-    cpu = per_item(cpu_before, cpu_split(stack), count)
+    cpu = per_item(cpu_before, cpu_split(stack, pool), count)
     stuck, problems = exactly_once(client, ids, stack.fake.hits["/api/chat"] - requests_before)
     return {"rate": completed / (progress_at - start), "completed": completed, "stuck": stuck, "problems": problems,
             "cpu": cpu}
@@ -94,29 +94,31 @@ def exactly_once(client, ids: list[str], llm_calls: int) -> tuple[int, list[str]
     return stuck, problems
 
 
-def noop_rate(stack: Stack, count: int) -> dict:
+def noop_rate(stack: Stack, pool: Workers, count: int) -> dict:
     """Messages/s through the bare actor, fed the same way, and the CPU per message."""
     from benchmarks import noop_actor  # binds to this stack's Redis (REDIS_URL) when first imported
 
     client = stack.redis()
     client.delete(noop_actor.COUNTER)
-    cpu_before = cpu_split(stack)
+    cpu_before = cpu_split(stack, pool)
     start = time.perf_counter()
     feed(count, lambda _: noop_actor.noop.send())
     wait_for(lambda: int(client.get(noop_actor.COUNTER) or 0) >= count, 120, f"{count} no-op messages",
              interval=0.002)
     rate = count / (time.perf_counter() - start)
-    return {"rate": rate, "cpu": per_item(cpu_before, cpu_split(stack), count)}
+    return {"rate": rate, "cpu": per_item(cpu_before, cpu_split(stack, pool), count)}
 
 
-def measure_pipeline(stack: Stack, jobs: int, reps: int) -> list[dict]:
-    pipeline_rate(stack, 20)  # warm-up: connections, scripts, the LLM client
-    return [pipeline_rate(stack, jobs) for _ in range(reps)]
-
-
-def measure_noop(stack: Stack, messages: int, reps: int) -> list[dict]:
-    noop_rate(stack, 50)
-    return [noop_rate(stack, messages) for _ in range(reps)]
+def measure(stack: Stack, workers: Workers, bare: Workers, jobs: int, messages: int,
+            reps: int) -> tuple[list[dict], list[dict]]:
+    """(pipeline runs, no-op runs), alternated; ``workers`` run queuechat's actor, ``bare`` the no-op."""
+    pipeline_rate(stack, workers, 20)  # warm-up: connections, scripts, the LLM client
+    noop_rate(stack, bare, 50)
+    runs, noops = [], []
+    for _ in range(reps):
+        runs.append(pipeline_rate(stack, workers, jobs))
+        noops.append(noop_rate(stack, bare, messages))
+    return runs, noops
 
 
 def _stuck(stuck: int, total: int) -> str:
@@ -157,7 +159,8 @@ the workers run, until `completed` in `qc:totals` reaches the count; the fake LL
 (`[[tokens=1]]`); `QUEUE_CONCURRENCY` lifted to 1000, no start-rate limit. 2 worker processes × 8 threads
 (`dramatiq tasks.actors` with `main.py`'s worker environment). Baseline: `dramatiq benchmarks.noop_actor` (an actor
 that only `INCR`s a counter) on the same processes, threads, Redis and environment, {messages} messages sent with
-`.send()` from as many threads. {len(pipeline)} repetition(s) each.
+`.send()` from as many threads. Both pools run side by side (the idle one waits for its queue) and the
+repetitions alternate, {len(pipeline)} of each.
 
 {table(["", "median", "range", "target", ""],
        [["queuechat jobs/s", f"{p.p50:.0f}", spread(pipeline), "≥ 300", verdict(p.p50, TARGET_JOBS_S, at_most=False,

@@ -101,12 +101,10 @@ def run(sizes: Sizes) -> tuple[list[Section], list[str], bool]:
                                                                             sizes.idle_window_s))
             sections.run("a", lambda: ttft.section(ttft.measure(stack, app.url, sizes.ttft_reps, sizes.ttft_warmup,
                                                                  sizes.idle_pause_s)))
-            pipeline_rates = sections.attempt(
-                lambda: pipeline.measure_pipeline(stack, sizes.pipeline_jobs, sizes.throughput_reps))
-        with stack.workers(processes=2, threads=8, kind=BareWorkers):
-            sections.run("b", lambda: pipeline.section(
-                _value(pipeline_rates), pipeline.measure_noop(stack, sizes.noop_messages, sizes.throughput_reps),
-                sizes.pipeline_jobs, sizes.noop_messages))
+            with stack.workers(processes=2, threads=8, kind=BareWorkers) as bare:
+                rates = sections.attempt(lambda: pipeline.measure(stack, workers, bare, sizes.pipeline_jobs,
+                                                                  sizes.noop_messages, sizes.throughput_reps))
+        sections.run("b", lambda: pipeline.section(*_value(rates), sizes.pipeline_jobs, sizes.noop_messages))
         with stack.workers(processes=2, threads=32) as workers:
             sections.run("c", lambda: fanout.section(
                 fanout.measure(stack, app, sizes.fanout_pages, sizes.fanout_answers, sizes.fanout_window_s),

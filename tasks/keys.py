@@ -33,7 +33,8 @@ WORKERS = PREFIX + "workers"
 EVENTS = PREFIX + "events"
 PAUSED = PREFIX + "paused"        # exists while an admin holds admission
 
-#: What is published on :data:`EVENTS` (a job's own changes are in its stream, see prelude.lua).
+#: What is published on :data:`EVENTS`: one message per step, these topics one per line (a job's own changes are
+#: in its stream, see prelude.lua).
 QUEUE_CHANGED = "*queue"          # positions may have moved
 USER_CHANGED = "u:"               # + user: their history or conversations changed
 CONVERSATION_CHANGED = "c:"       # + conversation id: it got a new job

@@ -286,12 +286,13 @@ class Bus:
                         await pubsub.aclose()
 
     def _dispatch(self, data: str) -> None:
-        if data == keys.QUEUE_CHANGED:
-            self._queue_moved.set()
-        elif data.startswith(keys.USER_CHANGED):
-            self.user_changed.emit(data[len(keys.USER_CHANGED):])
-        elif data.startswith(keys.CONVERSATION_CHANGED):
-            self.conversation_changed.emit(data[len(keys.CONVERSATION_CHANGED):])
+        for topic in data.split('\n'):  # a step's topics, one per line (prelude.lua)
+            if topic == keys.QUEUE_CHANGED:
+                self._queue_moved.set()
+            elif topic.startswith(keys.USER_CHANGED):
+                self.user_changed.emit(topic[len(keys.USER_CHANGED):])
+            elif topic.startswith(keys.CONVERSATION_CHANGED):
+                self.conversation_changed.emit(topic[len(keys.CONVERSATION_CHANGED):])
 
     async def _emit_queue_changes(self) -> None:
         """At most one queue_changed per 100 ms: a burst of submissions is one refresh for every page."""

@@ -107,8 +107,7 @@ redis.call('HDEL', job, 'retry_at', 'first_token_at', 'written')
 redis.call('HSETNX', job, 'started_at', now)
 emit(id, 'reset', '', epoch)
 emit(id, 'status', snapshot(job), epoch)
-changed('u:' .. user)
-queue_changed()
+changed('*queue', 'u:' .. user)
 local reply = {'ok', id, epoch, best.backend, best.model}
 for _, v in ipairs(redis.call('HGETALL', job)) do reply[#reply + 1] = v end
 return reply

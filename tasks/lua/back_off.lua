@@ -52,6 +52,5 @@ redis.call('ZADD', P .. 'backoff', ready, id)
 redis.call('HSET', job, 'status', 'retrying', 'phase', 'retrying', 'error', ARGV[5], 'error_code', code,
            'retry_at', ready)
 emit(id, 'status', snapshot(job), epoch)
-changed('u:' .. f[6])
-queue_changed()
+changed('*queue', 'u:' .. f[6])
 return 1

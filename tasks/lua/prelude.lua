@@ -200,8 +200,10 @@ local function in_line(id)
   return redis.call('ZSCORE', P .. 'waiting', id) or redis.call('SISMEMBER', P .. 'handover', id) == 1
 end
 
-local function changed(what) redis.call('PUBLISH', P .. 'events', what) end
-local function queue_changed() redis.call('PUBLISH', P .. 'events', '*queue') end
+-- One message per step, its topics one per line (an identity has no line break: HTTP headers can't carry one):
+-- every app process reads every message, so a job's steps cost each app a message apiece, not one per topic.
+local function changed(...) redis.call('PUBLISH', P .. 'events', table.concat({...}, '\n')) end
+local function queue_changed() changed('*queue') end
 
 -- The answer and thinking of the latest attempt, as a reader of the stream would fold them.
 local function fold(id)
@@ -296,8 +298,7 @@ local function end_job(id, epoch, status, phase, fields)
   emit(id, 'done', snapshot(job), epoch)
   redis.call('EXPIRE', stream_key(id), CFG.stream_ttl_s)
   redis.call('EXPIRE', job, CFG.retention_s)
-  if user then changed('u:' .. user) end
-  queue_changed()
+  if user then changed('*queue', 'u:' .. user) else queue_changed() end
   return true
 end
 

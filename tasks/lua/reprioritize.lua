@@ -16,6 +16,5 @@ redis.call('HSET', job, 'score', num(score), 'priority', ({[0] = 'high', [1] = '
 join_line(id, score, f[1], f[2], now)
 if retry then redis.call('ZADD', P .. 'backoff', retry, id) end
 emit(id, 'status', snapshot(job), redis.call('HGET', job, 'epoch'))
-changed('u:' .. f[2])
-queue_changed()
+changed('*queue', 'u:' .. f[2])
 return 1

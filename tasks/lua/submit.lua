@@ -53,6 +53,7 @@ join_line(id, score, line, user, now)
 redis.call('HINCRBY', P .. 'totals', 'submitted', 1)
 if idem ~= '' then redis.call('SET', idem_key, id, 'EX', CFG.idempotency_s) end
 
+local topics = {'*queue'}  -- what changed, published once at the end
 if conversation ~= '' then
   local jobs = P .. 'conv:' .. conversation
   if redis.call('HSETNX', info, 'user', user) == 1 then
@@ -66,18 +67,18 @@ if conversation ~= '' then
   redis.call('ZREMRANGEBYSCORE', convs, '-inf', now - CFG.retention_s * 1000)
   redis.call('ZREMRANGEBYRANK', convs, 0, -CFG.conversations_kept - 1)
   redis.call('EXPIRE', convs, CFG.retention_s)
-  changed('c:' .. conversation)
+  topics[#topics + 1] = 'c:' .. conversation
 end
 if redis.call('HGET', job, 'kind') ~= 'suggest' then  -- chats and the API doors' jobs are in the history
   local history = P .. 'history:' .. user
   redis.call('LPUSH', history, id)
   redis.call('LTRIM', history, 0, CFG.history_size - 1)
   redis.call('EXPIRE', history, CFG.retention_s)
-  changed('u:' .. user)
+  topics[#topics + 1] = 'u:' .. user
 end
 
 redis.call('LPUSH', P .. 'wake', id)  -- a standby ticket admits it now
 redis.call('LTRIM', P .. 'wake', 0, 99)
 emit(id, 'status', snapshot(job), 0)
-queue_changed()
+changed(unpack(topics))
 return {1, id, position_of(id, line, score, now)}

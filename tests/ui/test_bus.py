@@ -69,6 +69,26 @@ def test_news_is_fanned_out_and_queue_changes_are_coalesced(redis_server, r: red
     run(test)
 
 
+def test_one_step_tells_every_topic_it_changed_in_one_message(redis_server, r: redis.Redis) -> None:
+    # A submission moves the line, adds to its owner's history and to its conversation: one message says all
+    # three (every app process reads every message; prelude.lua's `changed`).
+    async def test() -> None:
+        async with running_bus() as bus:
+            users, conversations, queue_changes = [], [], []
+            bus.user_changed.subscribe(users.append)
+            bus.conversation_changed.subscribe(conversations.append)
+            bus.queue_changed.subscribe(lambda: queue_changes.append(None))
+            await until(lambda: r.pubsub_numsub(keys.EVENTS)[0][1] == 1, what='the subscription')
+            with r.pubsub(ignore_subscribe_messages=True) as watcher:
+                watcher.subscribe(keys.EVENTS)
+                conversation = (await asyncio.to_thread(sync_store().submit, 'hello', user='dora')).conversation_id
+                await until(lambda: users == ['dora'] and conversations == [conversation] and queue_changes,
+                            what='the news of the submission')
+                messages = [m for m in (watcher.get_message(timeout=0.2) for _ in range(5)) if m]
+            assert [m['data'] for m in messages] == [f'{keys.QUEUE_CHANGED}\nc:{conversation}\nu:dora']
+    run(test)
+
+
 def test_a_followed_job_is_folded_once_and_shared_until_unfollowed(redis_server, r: redis.Redis) -> None:
     job_id = sync_store().submit('hello', user='alice').job_id
 
