@@ -55,6 +55,7 @@ from tasks import aio, backends, keys, metrics
 from tasks.connection import block_seconds, close_idle, get_async_redis
 from tasks.eta import eta_seconds
 from tasks.fold import JobState, newer
+from tasks.llm.base import close_shared_http
 from tasks.settings import settings
 from tasks.store import async_store
 
@@ -248,6 +249,7 @@ class Bus:
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
         await aio.stop(*tasks)  # a cancellation lost in a Redis call must not hold the app's shutdown up
+        await close_shared_http()  # the health checks' connections to the LLM servers
 
     # --- the loops --------------------------------------------------------------------------------------
 
