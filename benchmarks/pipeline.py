@@ -3,8 +3,9 @@ no-op actor (``benchmarks/noop_actor.py``) on the same processes, threads, Redis
 
 Submitting is part of the pipeline, so both sides are fed by the same number of threads in this process. The
 outcome is checked exactly-once: every job completed, once (one ``done`` entry, one attempt, one LLM call).
-Both pools run side by side and the repetitions alternate (jobs, messages, jobs, …): on a shared 2-core machine
-whose speed drifts by the minute, each side meets the same moments.
+The repetitions alternate (jobs, messages, jobs, …), each with a fresh pool of its own and no other pool alive:
+on a shared 2-core machine whose speed drifts by the minute, each side meets the same moments, and neither pays
+for the other's pool (an idle queuechat pool beside the no-op's seemed to slow it, within this machine's noise).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import time
 
 from benchmarks.common import Section, verdict
-from benchmarks.harness import Stack, ratio, summarize, table
+from benchmarks.harness import BareWorkers, Stack, ratio, summarize, table
 from devtools import figures
 from devtools.stack import Workers
 from devtools.waiting import wait_for
@@ -109,15 +110,17 @@ def noop_rate(stack: Stack, pool: Workers, count: int) -> dict:
     return {"rate": rate, "cpu": per_item(cpu_before, cpu_split(stack, pool), count)}
 
 
-def measure(stack: Stack, workers: Workers, bare: Workers, jobs: int, messages: int,
-            reps: int) -> tuple[list[dict], list[dict]]:
-    """(pipeline runs, no-op runs), alternated; ``workers`` run queuechat's actor, ``bare`` the no-op."""
-    pipeline_rate(stack, workers, 20)  # warm-up: connections, scripts, the LLM client
-    noop_rate(stack, bare, 50)
+def measure(stack: Stack, jobs: int, messages: int, reps: int) -> tuple[list[dict], list[dict]]:
+    """(pipeline runs, no-op runs), alternated, each in a pool of its own (2 processes × 8 threads) after a
+    warm-up in that pool (connections, scripts, the LLM client)."""
     runs, noops = [], []
     for _ in range(reps):
-        runs.append(pipeline_rate(stack, workers, jobs))
-        noops.append(noop_rate(stack, bare, messages))
+        with stack.workers(processes=2, threads=8) as workers:
+            pipeline_rate(stack, workers, 20)
+            runs.append(pipeline_rate(stack, workers, jobs))
+        with stack.workers(processes=2, threads=8, kind=BareWorkers) as bare:
+            noop_rate(stack, bare, 50)
+            noops.append(noop_rate(stack, bare, messages))
     return runs, noops
 
 
@@ -159,8 +162,8 @@ the workers run, until `completed` in `qc:totals` reaches the count; the fake LL
 (`[[tokens=1]]`); `QUEUE_CONCURRENCY` lifted to 1000, no start-rate limit. 2 worker processes × 8 threads
 (`dramatiq tasks.actors` with `main.py`'s worker environment). Baseline: `dramatiq benchmarks.noop_actor` (an actor
 that only `INCR`s a counter) on the same processes, threads, Redis and environment, {messages} messages sent with
-`.send()` from as many threads. Both pools run side by side (the idle one waits for its queue) and the
-repetitions alternate, {len(pipeline)} of each.
+`.send()` from as many threads. The repetitions alternate, {len(pipeline)} of each, each in a fresh pool of its
+own with no other pool alive, after a warm-up in it.
 
 {table(["", "median", "range", "target", ""],
        [["queuechat jobs/s", f"{p.p50:.0f}", spread(pipeline), "≥ 300", verdict(p.p50, TARGET_JOBS_S, at_most=False,

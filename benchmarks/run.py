@@ -30,7 +30,6 @@ from pathlib import Path
 from benchmarks import fanout, long_queue, machine_cost, pipeline, sse_scale, ttft
 from benchmarks.common import FULL, QUICK, Section, Sizes, log
 from benchmarks.harness import (
-    BareWorkers,
     Stack,
     TimeUp,
     command_line,
@@ -101,10 +100,9 @@ def run(sizes: Sizes) -> tuple[list[Section], list[str], bool]:
                                                                             sizes.idle_window_s))
             sections.run("a", lambda: ttft.section(ttft.measure(stack, app.url, sizes.ttft_reps, sizes.ttft_warmup,
                                                                  sizes.idle_pause_s)))
-            with stack.workers(processes=2, threads=8, kind=BareWorkers) as bare:
-                rates = sections.attempt(lambda: pipeline.measure(stack, workers, bare, sizes.pipeline_jobs,
-                                                                  sizes.noop_messages, sizes.throughput_reps))
-        sections.run("b", lambda: pipeline.section(*_value(rates), sizes.pipeline_jobs, sizes.noop_messages))
+        sections.run("b", lambda: pipeline.section(
+            *pipeline.measure(stack, sizes.pipeline_jobs, sizes.noop_messages, sizes.throughput_reps),
+            sizes.pipeline_jobs, sizes.noop_messages))
         with stack.workers(processes=2, threads=32) as workers:
             sections.run("c", lambda: fanout.section(
                 fanout.measure(stack, app, sizes.fanout_pages, sizes.fanout_answers, sizes.fanout_window_s),
