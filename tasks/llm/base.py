@@ -116,7 +116,7 @@ class ServerClient:
             body = response.json()
         except httpx.ReadTimeout as error:
             raise busy(self.name) from error
-        except (httpx.HTTPError, ValueError) as error:
+        except (*HTTP_ERRORS, ValueError) as error:
             raise unreachable(self.name) from error
         if not isinstance(body, dict):
             raise malformed(self.name, body)
@@ -152,11 +152,20 @@ def classify(error: BaseException, name: str = "") -> LLMError:
     if isinstance(error, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.CloseError)):
         return TransientLLMError(f"{server} closed the connection mid-answer ({type(error).__name__}).",
                                  "llm_disconnected")
+    if isinstance(error, aiohttp.ClientError):  # not HTTP, or past aiohttp's limits (see HTTP_ERRORS)
+        return TransientLLMError(f"{server} sent a reply that is not valid HTTP ({type(error).__name__}).",
+                                 "llm_disconnected")
     if isinstance(error, (httpx.DecodingError, UnicodeError, ValueError, KeyError, TypeError, AttributeError)):
         return TransientLLMError(f"{server} sent something unreadable ({type(error).__name__}).", "llm_malformed")
     surprise = TransientLLMError(f"The LLM call failed unexpectedly ({type(error).__name__}).", "llm_error")
     surprise.expected = False
     return surprise
+
+
+#: What the HTTP pool raises: httpx's errors, and aiohttp's where httpx-aiohttp names none of httpx's (a reply that
+#: is not HTTP, a header line past aiohttp's limit): without these a broken server's reply was an "unexpected"
+#: failure with a traceback, and its health check raised instead of finding it down.
+HTTP_ERRORS = (httpx.HTTPError, aiohttp.ClientError)
 
 
 def dropped(error: BaseException) -> bool:
@@ -241,10 +250,20 @@ def probe_timeout() -> httpx.Timeout:
 
 #: id(loop) -> (the loop, weakly; its clients by server). The loop is checked, not only its id: a loop that ended
 #: (``asyncio.run`` in a script or a test) may leave its id to the next, and its clients are bound to it.
-_pools: dict[int, tuple[weakref.ref, dict[str, httpx.AsyncClient]]] = {}
+_pools: dict[int, tuple[weakref.ref, dict[tuple, httpx.AsyncClient]]] = {}
 
 
-def shared_http(base_url: str, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+def without_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """A server's URL without its ``user:password@``, and those apart, for Basic auth (what httpx made of them):
+    aiohttp refuses a URL that carries credentials beside an Authorization header, and logs need no password."""
+    parsed = httpx.URL(url)
+    if not parsed.userinfo:
+        return url, None
+    return str(parsed.copy_with(userinfo=b"")), (parsed.username, parsed.password)
+
+
+def shared_http(base_url: str, headers: dict[str, str] | None = None,
+                credentials: tuple[str, str] | None = None) -> httpx.AsyncClient:
     """One connection pool per (running event loop, server): building an ``httpx.AsyncClient`` costs tens of
     milliseconds (mostly its SSL context), which would otherwise be paid on every job's time to first token.
 
@@ -259,11 +278,13 @@ def shared_http(base_url: str, headers: dict[str, str] | None = None) -> httpx.A
     if owner is None or owner() is not loop:
         clients = {}
         _pools[id(loop)] = (weakref.ref(loop), clients)
-    client = clients.get(base_url)
+    key = (base_url, credentials)  # a pool per server and credentials
+    client = clients.get(key)
     if client is None or client.is_closed:
         timeout = httpx.Timeout(connect=settings.llm_connect_timeout, read=settings.llm_first_token_timeout,
                                 write=30.0, pool=30.0)
-        client = clients[base_url] = HttpxAiohttpClient(base_url=base_url, timeout=timeout, headers=headers)
+        client = clients[key] = HttpxAiohttpClient(base_url=base_url, timeout=timeout, headers=headers,
+                                                   auth=httpx.BasicAuth(*credentials) if credentials else None)
     return client
 
 

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from tasks.llm.base import (Chunk, Options, PermanentLLMError, ServerClient, ThinkSplitter, TransientLLMError,
-                            classify, endpoint, finished, malformed, read_to_end, server_words, shared_http,
-                            with_timeouts)
+from tasks.llm.base import (HTTP_ERRORS, Chunk, Options, PermanentLLMError, ServerClient, ThinkSplitter,
+                            TransientLLMError, classify, endpoint, finished, malformed, read_to_end, server_words,
+                            shared_http, with_timeouts, without_credentials)
 
 
 class OllamaClient(ServerClient):
@@ -20,8 +20,9 @@ class OllamaClient(ServerClient):
     LOADED_CACHE_SECONDS = 5.0
 
     def __init__(self, name: str, url: str) -> None:
-        self.name, self.url = name, url.rstrip("/")
-        self.http = shared_http(self.url)
+        self.name = name
+        self.url, credentials = without_credentials(url.rstrip("/"))
+        self.http = shared_http(self.url, credentials=credentials)
 
     async def chat(self, model: str, messages: list[dict], options: Options) -> AsyncIterator[Chunk]:
         """Stream ``/api/chat``: thinking and answer tokens apart, then a 'done' chunk with reason and usage."""
@@ -53,7 +54,7 @@ class OllamaClient(ServerClient):
                             yield Chunk(kind, text)
                         yield done
                         return
-        except httpx.HTTPError as error:
+        except HTTP_ERRORS as error:
             raise classify(error, self.name) from error
         raise TransientLLMError(f"The LLM server {self.name!r} ended the answer without finishing it.",
                                 "llm_disconnected")

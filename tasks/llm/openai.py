@@ -9,8 +9,9 @@ from collections.abc import AsyncIterator
 import httpx
 from httpx_sse import SSEError, aconnect_sse
 
-from tasks.llm.base import (Chunk, Options, ServerClient, ThinkSplitter, TransientLLMError, classify, endpoint,
-                            finished, malformed, probe_timeout, read_to_end, shared_http, with_timeouts)
+from tasks.llm.base import (HTTP_ERRORS, Chunk, Options, ServerClient, ThinkSplitter, TransientLLMError, classify,
+                            endpoint, finished, malformed, probe_timeout, read_to_end, shared_http, with_timeouts,
+                            without_credentials)
 from tasks.llm.ollama import raise_for_status
 
 
@@ -20,10 +21,12 @@ class OpenAIClient(ServerClient):
     HEALTH_PATH = "/v1/models"
 
     def __init__(self, name: str, url: str, api_key: str | None = None) -> None:
-        self.name, self.url = name, url.rstrip("/")
+        self.name = name
+        self.url, credentials = without_credentials(url.rstrip("/"))
         if self.url.endswith("/v1"):
             self.url = self.url[:-3]
-        self.http = shared_http(self.url, {"Authorization": f"Bearer {api_key}"} if api_key else None)
+        self.http = shared_http(self.url, {"Authorization": f"Bearer {api_key}"} if api_key else None,
+                                credentials=None if api_key else credentials)  # one Authorization: the key's
 
     async def chat(self, model: str, messages: list[dict], options: Options) -> AsyncIterator[Chunk]:
         body: dict = {"model": model, "messages": messages, "stream": True,
@@ -63,8 +66,8 @@ class OpenAIClient(ServerClient):
                         for kind, text in splitter.feed(delta.get("content") or ""):
                             yield Chunk(kind, text)
                         reason = choice.get("finish_reason") or reason
-        except (httpx.HTTPError, SSEError) as error:
-            raise classify(error if isinstance(error, httpx.HTTPError) else ValueError(str(error)),
+        except (*HTTP_ERRORS, SSEError) as error:
+            raise classify(error if isinstance(error, HTTP_ERRORS) else ValueError(str(error)),
                            self.name) from error
         raise TransientLLMError(f"The LLM server {self.name!r} ended the answer without finishing it.",
                                 "llm_disconnected")
@@ -84,6 +87,6 @@ class OpenAIClient(ServerClient):
             if response.status_code == 200:
                 slots = response.json().get("total_slots")
                 return int(slots) if isinstance(slots, int) and slots > 0 else None
-        except (httpx.HTTPError, ValueError, AttributeError):
+        except (*HTTP_ERRORS, ValueError, AttributeError):
             pass
         return None
