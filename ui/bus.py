@@ -388,8 +388,11 @@ class Bus:
             stats, series = await self._read(metrics.stats), figures.series
             if now - series_at >= self.SERIES_SECONDS:
                 series, series_at = await self._read(metrics.series), now
-            if stats and figures.stats and stats['running'] != figures.stats['running']:
-                await self._read_servers()  # their slots in use move with 'Running now', not seconds later
+            if stats and stats['running'] != sum(view.get('running') or 0 for view in self.health.backends):
+                # the servers' slots in use move with 'Running now', not seconds later — also when a health poll
+                # that read them before the change ends after it (seen in the real-model tour: '1 / 1' beside
+                # '0/1 slots')
+                await self._read_servers()
             counting_down = any(view['state'] == 'down' for view in self.health.backends)
             if (stats, series) != (figures.stats, figures.series) or not figures.read or counting_down \
                     or now - told_at >= self.FIGURES_AT_LEAST_SECONDS:
