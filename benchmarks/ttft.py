@@ -147,6 +147,7 @@ def _why(f: dict) -> str:
     return (f"The largest hop at p50 is *{HOP_LABELS[worst]}* ({fmt_ms(hops_p50[worst].p50)}). Submit → admitted "
             "covers the HTTP request (identity, limits), the submit Lua step, the ticket sent and the standby ticket's "
             "wake-up and ADMIT step; admitted → LLM received is the worker's own Python (the record comes with the "
-            "admission, the phase is set there, a first turn reads no context) and the request (httpx on aiohttp's connections); the appended → "
+            "admission, the phase is set there, a first turn reads no context) and the request (httpx on aiohttp's "
+            "connections); the appended → "
             "delivered hop is the app's shared XREAD waking, the fold, and the SSE write. Each is a few hops of asyncio "
             "on a 2-core machine that runs all of them, the fake LLM and the client at once.")

@@ -116,7 +116,8 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-ANSWER = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk(ndjson("hi") + ndjson("", True)) + b"0\r\n\r\n"
+ANSWER = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk(ndjson("hi") + ndjson("", True))
+          + b"0\r\n\r\n")
 
 
 def read_request(connection: socket.socket) -> bytes | None:
