@@ -253,9 +253,11 @@ def probe_timeout() -> httpx.Timeout:
 _pools: dict[int, tuple[weakref.ref, dict[tuple, httpx.AsyncClient]]] = {}
 
 
+@cache
 def without_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
     """A server's URL without its ``user:password@``, and those apart, for Basic auth (what httpx made of them):
-    aiohttp refuses a URL that carries credentials beside an Authorization header, and logs need no password."""
+    aiohttp refuses a URL that carries credentials beside an Authorization header, and logs need no password.
+    Parsed once per URL: a client is made for every job."""
     parsed = httpx.URL(url)
     if not parsed.userinfo:
         return url, None

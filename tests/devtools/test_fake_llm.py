@@ -169,16 +169,20 @@ def test_scripts_come_first_then_the_default_then_the_echo(fake, client):
     assert client.post("/api/chat", json=chat("[[tokens=3]]", stream=False)).json()["message"]["content"] == "t0 t1 t2"
 
 
+def raw_post(payload: dict) -> bytes:
+    """A chat request as bytes, for a socket the test holds itself."""
+    body = json.dumps(payload).encode()
+    return (b"POST /api/chat HTTP/1.1\r\nHost: fake\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)) + body
+
+
 def test_a_request_sent_before_a_reset_never_takes_the_next_tests_script(fake, client):
     """A worker killed in a test's teardown may have sent a request the server takes up only later (here: while
     its loop is held up); the next test's reset and script come meanwhile. That request gets the echo, is not
     among the next test's requests, and the script waits for the next test's own request."""
-    body = json.dumps(chat("sent before the reset", stream=False)).encode()
-    raw = (b"POST /api/chat HTTP/1.1\r\nHost: fake\r\nContent-Type: application/json\r\n"
-           b"Content-Length: %d\r\n\r\n" % len(body)) + body
     fake._loop.call_soon_threadsafe(time.sleep, 0.5)  # the server is busy: the request waits in its socket
     with socket.create_connection((fake.host, fake.port)) as late:
-        late.sendall(raw)
+        late.sendall(raw_post(chat("sent before the reset", stream=False)))
         fake.reset()
         fake.script(Reply(text="for this test"))
         late.settimeout(5)
@@ -188,18 +192,18 @@ def test_a_request_sent_before_a_reset_never_takes_the_next_tests_script(fake, c
     assert answer["message"]["content"] == "for this test"
     assert [request["messages"][0]["content"] for request in fake.requests] == ["mine"]
 
+
 def test_an_answer_of_before_a_reset_is_not_counted_after_it(fake, client):
     """The last test's answer may still stream (to a worker killed in its teardown) when the next test begins:
     it is not among this test's answers at once, nor its cancelled ones."""
-    body = json.dumps(chat("[[tokens=200]][[delay=0.02]]", stream=True)).encode()
     with socket.create_connection((fake.host, fake.port)) as old:
-        old.sendall((b"POST /api/chat HTTP/1.1\r\nHost: fake\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body)) + body)
+        old.sendall(raw_post(chat("[[tokens=200]][[delay=0.02]]", stream=True)))
         assert fake.wait_until(lambda: fake.active == 1)
         fake.reset()
         assert client.post("/api/chat", json=chat("mine", stream=False)).json()["message"]["content"]
     assert fake.wait_idle()
     assert (fake.max_active, fake.cancelled) == (1, 0)
+
 
 def test_a_blackhole_times_out_on_connect():
     with Blackhole() as hole, pytest.raises(httpx.ConnectTimeout):

@@ -336,6 +336,7 @@ def test_a_server_that_streams_no_usage_has_its_tokens_counted_from_the_pieces(f
     [gamma] = [view for view in sync_store().backends() if view["name"] == "gamma"]
     assert gamma["completed"] == 1 and gamma["tokens"] == 4 and gamma["tokens_per_s"] > 0
 
+
 def test_metrics_per_server_add_up_to_what_each_server_did(fleet, r):
     fleet.fakes["gamma"].script(Reply(status=500, error="boom"))  # gamma's first call fails; the job retries
     ids = [submit(model, slow(f"{model} {i}", 5 + i, 0.03)) for i, model in
